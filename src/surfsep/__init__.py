@@ -1,0 +1,7 @@
+"""surfsep: learn to separate sources from mixtures alone with a flow-matching separator (SURF)."""
+
+__version__ = "0.1.0"
+
+from surfsep.models import Separator, load  # noqa: E402
+
+__all__ = ["Separator", "load", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from surfsep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""The ``surfsep`` command line: data, train, separate, evaluate and demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from surfsep import __version__
+from surfsep.config import TrainConfig, config_fields, load_yaml_overrides
+
+logger = logging.getLogger("surfsep")
+
+TRAIN_HELP = {
+    "method": "training method: surf, mixit, remixit, self-remixing, supervised-flow or supervised-regression",
+    "variant": "SURF loss: remixit-flow (default) or self-remixing-flow",
+    "data": "training data: a folder of mixture PNGs, or a split folder with mix/ (and s1/ ... sK/ for supervised methods)",
+    "out": "run folder for the model, checkpoints and logs; an existing run there is resumed",
+    "sources": "number of sources K per mixture",
+    "mixture": "how the mixture files relate to their sources: 'mean' (the built-in image sets) or 'sum'",
+    "steps": "number of optimiser steps to train for",
+    "batch_size": "mixtures per optimiser step",
+    "learning_rate": "AdamW learning rate after warm-up",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "grad_clip": "maximum gradient norm",
+    "sigma": "standard deviation of the start-point noise, in units of the source values",
+    "ema": "teacher EMA rate a per step: teacher <- a * teacher + (1 - a) * student",
+    "teacher_steps": "Euler steps of the teacher's separation (1 = one-step estimate)",
+    "shuffle": "remix shuffle: 'constrained' (no two rows of one mixture meet again) or 'free'",
+    "init": "model or run folder to start from; required for surf, remixit and self-remixing (a mixit run)",
+    "network": "network architecture",
+    "channels": "network widths per resolution level, e.g. 16 32 64",
+    "sampler_steps": "default sampler steps stored with the model (1 for one-step methods, 25 for flows)",
+    "seed": "seed of all training randomness",
+    "checkpoint_every": "steps between checkpoints (the run resumes from the last one)",
+    "log_every": "steps between status lines",
+    "valid": "split folder with references to score the model on while training (monitoring only)",
+    "valid_every": "steps between validations (0 = never)",
+    "valid_limit": "maximum number of validation mixtures",
+    "threads": "PyTorch CPU threads (default: PyTorch's choice)",
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file of settings; flags given on the command line win")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
+    for name, item in config_fields().items():
+        flag = "--" + name.replace("_", "-")
+        default_type = type(item.default) if item.default is not None and not callable(item.default) else str
+        if name == "channels":
+            parser.add_argument(flag, type=int, nargs="+", default=None, help=TRAIN_HELP[name])
+        elif name in ("init", "valid", "variant"):
+            parser.add_argument(flag, type=str, default=None, help=TRAIN_HELP[name])
+        elif name in ("sampler_steps", "threads"):
+            parser.add_argument(flag, type=int, default=None, help=TRAIN_HELP[name])
+        else:
+            parser.add_argument(flag, type=default_type, default=None, help=TRAIN_HELP[name])
+
+
+def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the YAML file, then the flags given on the command line."""
+    values = {}
+    if args.config:
+        values.update(load_yaml_overrides(args.config))
+    for name in config_fields():
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    return TrainConfig(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="surfsep", description="Learn to separate sources from mixtures alone with a flow-matching separator."
+    )
+    parser.add_argument("--version", action="version", version=f"surfsep {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="write a built-in data set in the mix/ s1/ s2/ layout")
+    data.add_argument("name", choices=["digits"], help="data set: digits (two-digit MNIST mixtures)")
+    data.add_argument("--out", type=Path, required=True, help="new folder to write train/, valid/ and test/ into")
+    data.add_argument("--scale", type=float, default=1.0, help="multiply every split's mixture count (for quick trials)")
+
+    train = commands.add_parser("train", help="train a separator")
+    add_train_arguments(train)
+
+    separate = commands.add_parser("separate", help="separate PNG mixtures into one PNG per source")
+    separate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
+    separate.add_argument("inputs", type=Path, nargs="+", help="mixture PNG files or folders of them")
+    separate.add_argument("--out", type=Path, required=True, help="folder for s1/ ... sK/ outputs")
+    separate.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    separate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
+    separate.add_argument("--bit-depth", type=int, choices=[8, 16], default=16, help="bits per pixel of the output PNGs")
+    separate.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    evaluate = commands.add_parser("evaluate", help="score a model against references (PSNR, SSIM)")
+    evaluate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
+    evaluate.add_argument("--data", type=Path, required=True, help="split folder with mix/ and s1/ ... sK/")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for per_file.csv and summary.json")
+    evaluate.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
+
+    demo = commands.add_parser("demo", help="build digits, train MixIT, SURF and a supervised flow, compare them")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (resumed when it exists)")
+    demo.add_argument("--scale", type=float, default=1.0, help="multiply every training budget (0.1 for a quick look)")
+    demo.add_argument("--data-scale", type=float, default=1.0,
+                      help="multiply the digits mixture counts when the data set is first written (for quick trials)")
+    demo.add_argument("--threads", type=int, help="PyTorch CPU threads")
+    return parser
+
+
+def configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from surfsep.data.digits import build_digits
+
+        description = build_digits(args.out, scale=args.scale)
+        counts = ", ".join(f"{split} {info['mixtures']}" for split, info in description["splits"].items())
+        logger.info("wrote digits to %s: %s mixtures", args.out, counts)
+    elif args.command == "train":
+        from surfsep.config import validate_config
+        from surfsep.train import train
+
+        config = resolve_train_config(args)
+        if args.dry_run:
+            validate_config(config)
+            print(json.dumps(config.to_dict(), indent=1))
+            return 0
+        train(config)
+    elif args.command == "separate":
+        from surfsep.separate import separate_files
+
+        written = separate_files(args.model, args.inputs, args.out, steps=args.steps, seed=args.seed,
+                                 overwrite=args.overwrite, bit_depth=args.bit_depth)
+        logger.info("wrote %d files to %s", len(written), args.out)
+    elif args.command == "evaluate":
+        from surfsep.evaluate import evaluate_model
+
+        evaluate_model(args.model, args.data, args.out, steps=args.steps, seed=args.seed, overwrite=args.overwrite)
+    elif args.command == "demo":
+        from surfsep.demo import run_demo
+
+        results = run_demo(args.out, scale=args.scale, threads=args.threads, data_scale=args.data_scale)
+        print(results["table"])
+        print(f"results: {args.out / 'results.json'}, pictures: {results['grid']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.quiet)
+    from surfsep.data.images import DataError
+    from surfsep.models import ModelError
+    from surfsep.train import TrainingError
+
+    try:
+        return run_command(args)
+    except (DataError, ModelError, TrainingError, FileExistsError, ValueError) as error:
+        logger.error("error: %s", error)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Training configuration: one dataclass, filled from defaults, an optional YAML file and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# Fields that may change when a run is resumed; every other field must match the saved config.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Steps count optimiser updates of ``batch_size`` mixtures."""
+
+    method: str = "surf"
+    variant: str | None = None
+    data: str = ""
+    out: str = ""
+    sources: int = 2
+    mixture: str = "mean"
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    sigma: float = 0.5
+    ema: float = 0.999
+    teacher_steps: int = 1
+    shuffle: str = "constrained"
+    init: str | None = None
+    network: str = "slot-unet"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    sampler_steps: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 50
+    valid: str | None = None
+    valid_every: int = 0
+    valid_limit: int = 250
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {item.name: item for item in dataclasses.fields(TrainConfig)}
+
+
+def load_yaml_overrides(path: Path) -> dict:
+    """Read a YAML mapping of TrainConfig fields; unknown keys are an error naming them."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read config file {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of settings, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(config_fields()))
+    if unknown:
+        raise ValueError(f"config file {path} has unknown settings: {', '.join(unknown)}")
+    return values
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise ValueError naming the first setting that cannot work."""
+    checks = [
+        (config.sources >= 1, f"--sources must be at least 1, got {config.sources}"),
+        (config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
+        (config.batch_size >= 2, f"--batch-size must be at least 2, got {config.batch_size}"),
+        (config.learning_rate > 0, f"--learning-rate must be positive, got {config.learning_rate}"),
+        (config.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {config.warmup_steps}"),
+        (config.sigma > 0, f"--sigma must be positive, got {config.sigma}"),
+        (0.0 <= config.ema < 1.0, f"--ema must be in [0, 1), got {config.ema}"),
+        (config.teacher_steps >= 1, f"--teacher-steps must be at least 1, got {config.teacher_steps}"),
+        (config.shuffle in ("constrained", "free"), f"--shuffle must be 'constrained' or 'free', got {config.shuffle!r}"),
+        (config.mixture in ("mean", "sum"), f"--mixture must be 'mean' or 'sum', got {config.mixture!r}"),
+        (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {config.checkpoint_every}"),
+        (config.log_every >= 1, f"--log-every must be at least 1, got {config.log_every}"),
+        (len(config.channels) >= 1 and min(config.channels) >= 1, f"--channels must be positive widths, got {config.channels}"),
+        (config.sampler_steps is None or config.sampler_steps >= 1, f"--sampler-steps must be at least 1, got {config.sampler_steps}"),
+        (bool(config.data), "--data is required: a folder of mixtures, or a split folder with mix/"),
+        (bool(config.out), "--out is required: the run folder to write"),
+    ]
+    for passed, message in checks:
+        if not passed:
+            raise ValueError(message)

@@ -1,0 +1,198 @@
+"""Reading and writing single-channel PNG images, and the two data set views.
+
+Pixel values are floats in [0, 1]. 8-bit and 16-bit grayscale PNGs are read; multi-channel
+files are rejected because the separators here are single-channel.
+
+``MixtureSet`` lists only the mixture files and is the only view the unsupervised methods get,
+so they cannot open the reference folders. ``ReferenceSet`` pairs every mixture with its
+references ``s1/ ... sK/`` (the LibriMix / WSJ0-2mix convention) for supervised training and
+evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png",)
+MIXTURE_FOLDERS = ("mix", "mix_clean")
+REFERENCE_FOLDER = re.compile(r"^s(\d+)$")
+
+
+class DataError(ValueError):
+    """A data folder or file that cannot be used; the message names it and says what to do."""
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Read a grayscale PNG as float32 (H, W) in [0, 1]."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            array = np.array(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from error
+
+    if mode == "L":
+        return array.astype(np.float32) / 255.0
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        if array.min() < 0 or array.max() > 65535:
+            raise DataError(f"image {path} has values outside the 16-bit range; save it as 8- or 16-bit grayscale")
+        return array.astype(np.float32) / 65535.0
+    if mode == "1":
+        return array.astype(np.float32)
+    raise DataError(
+        f"image {path} has mode {mode!r}; surfsep separates single-channel images, "
+        f"so convert it to 8- or 16-bit grayscale first"
+    )
+
+
+def write_png(path: Path, image: np.ndarray, bit_depth: int = 16) -> None:
+    """Write (H, W) values in [0, 1] (clipped) as a grayscale PNG, atomically (temporary file, then rename)."""
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit depth must be 8 or 16, got {bit_depth}")
+    clipped = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    if bit_depth == 8:
+        pil_image = Image.fromarray(np.round(clipped * 255.0).astype(np.uint8))
+    else:
+        pil_image = Image.fromarray(np.round(clipped * 65535.0).astype(np.uint16))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            pil_image.save(stream, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def list_images(folder: Path) -> list[Path]:
+    """All PNG files under ``folder``, recursively, sorted by relative path; hidden files skipped."""
+    files = [
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    ]
+    return sorted(files, key=lambda path: path.relative_to(folder).as_posix())
+
+
+def find_mixture_folder(root: Path) -> Path:
+    """Return ``root/mix`` (or ``root/mix_clean``) when present, else ``root`` itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} not found; pass a split folder such as DATA/train")
+    for name in MIXTURE_FOLDERS:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def load_stack(files: list[Path], description: str) -> torch.Tensor:
+    """Read equally sized images into one (N, 1, H, W) float32 tensor."""
+    images = []
+    shape = None
+    for path in files:
+        image = read_png(path)
+        if shape is None:
+            shape = image.shape
+        elif image.shape != shape:
+            raise DataError(
+                f"{description}: image {path} is {image.shape[1]}x{image.shape[0]} but {files[0]} is "
+                f"{shape[1]}x{shape[0]}; all images in one data set must have the same size"
+            )
+        images.append(image)
+    return torch.from_numpy(np.stack(images)).unsqueeze(1)
+
+
+@dataclass
+class MixtureSet:
+    """Mixture images of one folder, held in memory as (N, 1, H, W); no access to references."""
+
+    folder: Path
+    names: list[str]
+    mixtures: torch.Tensor
+
+    @classmethod
+    def open(cls, root: Path) -> "MixtureSet":
+        folder = find_mixture_folder(Path(root))
+        if REFERENCE_FOLDER.match(folder.name) and (folder.parent / "mix").is_dir():
+            raise DataError(
+                f"{folder} is a reference folder; unsupervised training reads mixtures only, "
+                f"so pass {folder.parent} (whose mix/ folder is used)"
+            )
+        files = list_images(folder)
+        if not files:
+            raise DataError(f"no PNG mixtures found in {folder}")
+        names = [path.relative_to(folder).as_posix() for path in files]
+        return cls(folder=folder, names=names, mixtures=load_stack(files, f"mixtures in {folder}"))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class ReferenceSet:
+    """Mixtures (N, 1, H, W) with their references (N, K, 1, H, W) from ``mix/`` and ``s1/ ... sK/``."""
+
+    folder: Path
+    names: list[str]
+    mixtures: torch.Tensor
+    references: torch.Tensor
+
+    @classmethod
+    def open(cls, root: Path, sources: int | None = None) -> "ReferenceSet":
+        root = Path(root)
+        mixture_folder = find_mixture_folder(root)
+        if mixture_folder == root:
+            raise DataError(
+                f"{root} has no mix/ folder; data with references needs mix/ and s1/ ... sK/ "
+                f"folders holding files of the same names"
+            )
+        found = sorted(
+            int(match.group(1))
+            for path in root.iterdir()
+            if path.is_dir() and (match := REFERENCE_FOLDER.match(path.name))
+        )
+        if sources is None:
+            sources = len(found)
+        expected = list(range(1, sources + 1))
+        if sources < 1 or found[:sources] != expected:
+            raise DataError(
+                f"{root} must hold reference folders {', '.join(f's{k}' for k in expected) or 's1'}; "
+                f"found {', '.join(f's{k}' for k in found) or 'none'}"
+            )
+
+        files = list_images(mixture_folder)
+        if not files:
+            raise DataError(f"no PNG mixtures found in {mixture_folder}")
+        names = [path.relative_to(mixture_folder).as_posix() for path in files]
+        for k in expected:
+            missing = [name for name in names if not (root / f"s{k}" / name).is_file()]
+            if missing:
+                raise DataError(
+                    f"{len(missing)} mixtures have no reference in {root / f's{k}'}, "
+                    f"for example {missing[0]}; every mixture needs a file of the same name in each sK/"
+                )
+        mixtures = load_stack(files, f"mixtures in {mixture_folder}")
+        references = torch.stack(
+            [load_stack([root / f"s{k}" / name for name in names], f"references in {root / f's{k}'}") for k in expected],
+            dim=1,
+        )
+        if references.shape[-2:] != mixtures.shape[-2:]:
+            raise DataError(
+                f"references in {root} are {references.shape[-1]}x{references.shape[-2]} but mixtures are "
+                f"{mixtures.shape[-1]}x{mixtures.shape[-2]}"
+            )
+        return cls(folder=root, names=names, mixtures=mixtures, references=references)
+
+    def __len__(self) -> int:
+        return len(self.names)

@@ -1,0 +1,54 @@
+"""Mixture invariant training (MixIT, Wisdom et al. 2020).
+
+Pairs of observed mixtures are summed into mixtures of mixtures (MoMs); the network separates each
+MoM into 2K slots in one-step mode, and every slot is assigned to one of the two mixtures by the
+assignment (out of 2^(2K)) with the lowest loss. The loss is MSE, as for images.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from surfsep.flow import one_step_estimate
+from surfsep.methods.base import Method, StepContext
+
+
+def assignment_matrices(slots: int, device: torch.device | None = None) -> torch.Tensor:
+    """All 2^slots assignments of slots to two mixtures, as (2^slots, 2, slots) 0/1 matrices."""
+    choices = torch.tensor(list(itertools.product((0, 1), repeat=slots)), dtype=torch.float32, device=device)
+    return torch.stack([1 - choices, choices], dim=1)
+
+
+def mixit_loss(estimates: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best-assignment MSE of slot estimates (B, M, ...) against two mixtures (B, ...) each.
+
+    Returns the mean loss and the chosen assignment index (B,) into ``assignment_matrices(M)``.
+    """
+    batch, slots = estimates.shape[:2]
+    matrices = assignment_matrices(slots, estimates.device).to(estimates.dtype)  # (A, 2, M)
+    flat = estimates.reshape(batch, slots, -1)
+    remixed = torch.einsum("aim,bmd->baid", matrices, flat)  # (B, A, 2, D)
+    targets = torch.stack([first.reshape(batch, -1), second.reshape(batch, -1)], dim=1).unsqueeze(1)
+    per_assignment = (remixed - targets).pow(2).mean(dim=(2, 3))  # (B, A)
+    best = per_assignment.detach().argmin(dim=1)
+    return per_assignment.gather(1, best.unsqueeze(1)).mean(), best
+
+
+class MixIT(Method):
+    name = "mixit"
+    one_step = True
+
+    def loss(self, context: StepContext, mixtures: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
+        if mixtures.shape[0] < 2:
+            raise ValueError("MixIT needs at least 2 mixtures per batch")
+        usable = mixtures.shape[0] - mixtures.shape[0] % 2
+        first, second = mixtures[0:usable:2], mixtures[1:usable:2]
+        mixture_of_mixtures = first + second
+
+        estimates = one_step_estimate(
+            context.student, mixture_of_mixtures, 2 * context.sources, context.sigma, context.generator
+        )
+        loss, _ = mixit_loss(estimates, first, second)
+        return loss

@@ -1,0 +1,39 @@
+"""Self-Remixing (Saijo and Ogawa 2023): the student's estimates of remixed mixtures are put back.
+
+The student separates the remixed mixtures; its slots are aligned to the teacher's shuffled
+estimates by PIT, returned to the observed mixtures they came from and summed, and the sums are
+compared with the observed mixtures.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from surfsep.flow import one_step_estimate
+from surfsep.methods.base import Method, StepContext, remix_teacher_estimates, undo_permutation
+from surfsep.pit import best_permutation, pairwise_mse
+from surfsep.remix import unremix
+
+
+def resum_to_observed(aligned: torch.Tensor, perm: torch.Tensor, source_index: torch.Tensor) -> torch.Tensor:
+    """Sum rows that came from each observed mixture: undo the PIT order, then the shuffle.
+
+    ``aligned`` (B, K, ...) is in PIT order, matching ``remix.sources[:, perm[:, j]]`` at slot j.
+    """
+    return unremix(undo_permutation(aligned, perm), source_index).sum(dim=1)
+
+
+class SelfRemixing(Method):
+    name = "self-remixing"
+    needs_teacher = True
+    one_step = True
+
+    def loss(self, context: StepContext, mixtures: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
+        remixed = remix_teacher_estimates(context, mixtures)
+        estimates = one_step_estimate(
+            context.student, remixed.mixtures, context.sources, context.sigma, context.generator
+        )
+        # perm[:, j] is the shuffled teacher row that student slot j matches.
+        perm = best_permutation(pairwise_mse(remixed.sources, estimates))
+        resummed = resum_to_observed(estimates, perm, remixed.source_index)
+        return (resummed - mixtures).pow(2).mean()

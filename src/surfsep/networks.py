@@ -1,0 +1,144 @@
+"""Slot-equivariant networks.
+
+Every network maps ``(x, mixture, t)`` with x of shape (B, K, C, H, W), mixture (B, C, H, W)
+and t (B,) to a velocity of the shape of x. Each slot runs through the same weights; slots
+exchange information only through the mean over slots, so permuting the input slots permutes
+the output slots, and the same weights run with any K.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def time_features(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1], shape (B, size)."""
+    half = size // 2
+    frequency = torch.exp(-math.log(1000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
+    angle = 1000.0 * t.unsqueeze(1) * frequency.unsqueeze(0)
+    return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+
+def group_count(channels: int) -> int:
+    for groups in (8, 4, 2):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+class SlotBlock(nn.Module):
+    """A 3x3 convolution with FiLM from the time embedding, a slot-mean exchange and a residual path.
+
+    The exchange adds ``conv1x1(mean over slots of h)`` to every slot's features: the only path
+    by which slots see each other, and a symmetric one. One convolution per block rather than two
+    trained about 1.4x faster per step on 2 CPU cores (channels 16/32/64, batch 64, 2 slots).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm = nn.GroupNorm(group_count(out_channels), out_channels)
+        self.film = nn.Linear(embedding_size, 2 * out_channels)
+        self.exchange = nn.Conv2d(out_channels, out_channels, 1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor, slots: int) -> torch.Tensor:
+        # h: (B*K, C, H, W) with the K slots of one example adjacent; embedding: (B*K, E)
+        out = self.norm(self.conv(h))
+        scale, shift = self.film(embedding).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        out = F.silu(out * (1 + scale) + shift)
+
+        grouped = out.reshape((-1, slots) + tuple(out.shape[1:]))
+        slot_mean = grouped.mean(dim=1)
+        out = (grouped + self.exchange(slot_mean).unsqueeze(1)).reshape(out.shape)
+        return out + self.skip(h)
+
+
+class SlotUNet(nn.Module):
+    """A small U-Net run per slot, for single-channel images.
+
+    Per slot the input is the slot's current value and the mixture (2 channels); widths
+    ``channels`` give one resolution level each, halving the size between levels. Inputs whose
+    sides are not divisible by ``2 ** (levels - 1)`` are padded by reflection and cropped back.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), embedding_size: int = 64, image_channels: int = 1):
+        super().__init__()
+        if len(channels) < 1:
+            raise ValueError("channels needs at least one width")
+        self.config = {"channels": list(channels), "embedding_size": embedding_size, "image_channels": image_channels}
+        self.channels = tuple(channels)
+        self.image_channels = image_channels
+        self.time_mlp = nn.Sequential(
+            nn.Linear(embedding_size, embedding_size), nn.SiLU(), nn.Linear(embedding_size, embedding_size)
+        )
+        self.embedding_size = embedding_size
+
+        self.stem = nn.Conv2d(2 * image_channels, channels[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        previous = channels[0]
+        for index, width in enumerate(channels):
+            self.down_blocks.append(SlotBlock(previous, width, embedding_size))
+            previous = width
+            if index < len(channels) - 1:
+                self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+        self.middle = SlotBlock(previous, previous, embedding_size)
+
+        self.upsample = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
+        for width in reversed(channels[:-1]):
+            self.upsample.append(nn.Conv2d(previous, width, 3, padding=1))
+            self.up_blocks.append(SlotBlock(2 * width, width, embedding_size))
+            previous = width
+        self.head = nn.Conv2d(previous, image_channels, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor, mixture: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        batch, slots = x.shape[:2]
+        height, width = x.shape[-2:]
+        multiple = 2 ** (len(self.channels) - 1)
+        pad_h = (-height) % multiple
+        pad_w = (-width) % multiple
+
+        per_slot_mixture = mixture.unsqueeze(1).expand_as(x)
+        h = torch.cat([x, per_slot_mixture], dim=2).reshape((batch * slots, -1, height, width))
+        if pad_h or pad_w:
+            h = F.pad(h, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > 1 else "replicate")
+
+        embedding = self.time_mlp(time_features(t, self.embedding_size))
+        embedding = embedding.repeat_interleave(slots, dim=0)
+
+        h = self.stem(h)
+        skips = []
+        for index, block in enumerate(self.down_blocks):
+            h = block(h, embedding, slots)
+            if index < len(self.downsample):
+                skips.append(h)
+                h = self.downsample[index](h)
+        h = self.middle(h, embedding, slots)
+        for upsample, block in zip(self.upsample, self.up_blocks):
+            skip = skips.pop()
+            h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([upsample(h), skip], dim=1), embedding, slots)
+
+        out = self.head(h)[..., :height, :width]
+        return out.reshape(x.shape)
+
+
+NETWORKS = {"slot-unet": SlotUNet}
+
+
+def build_network(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Instantiate a registered network from its name and keyword arguments (as stored in model.json)."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; available: {', '.join(sorted(NETWORKS))}")
+    if "channels" in kwargs:
+        kwargs = dict(kwargs, channels=tuple(kwargs["channels"]))
+    return NETWORKS[name](**kwargs)

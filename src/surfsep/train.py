@@ -1,0 +1,337 @@
+"""The one training loop that runs every method, with checkpoints that resume exactly.
+
+All randomness of step n (batch order, noise, t, shuffles) comes from generators seeded by
+``(seed, n)``, so a run resumed from a checkpoint continues exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from surfsep import __version__
+from surfsep.config import RESUMABLE_CHANGES, TrainConfig, validate_config
+from surfsep.data.images import MixtureSet, ReferenceSet
+from surfsep.methods import Method, StepContext, get_method
+from surfsep.models import atomic_write_bytes, atomic_write_json, load_model, save_model
+from surfsep.networks import build_network
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+MAX_CONSECUTIVE_SKIPS = 20
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot start or continue; the message says why and what to do."""
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def batch_indices(step: int, data_size: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Indices of the mixtures in training step ``step``: epochs of a fresh permutation, last partial batch dropped."""
+    batches_per_epoch = data_size // batch_size
+    epoch, position = divmod(step, batches_per_epoch)
+    order = torch.randperm(data_size, generator=seeded_generator(seed, 1, epoch))
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def default_sampler_steps(method: Method) -> int:
+    return 1 if method.one_step else 25
+
+
+def model_metadata(config: TrainConfig, method: Method, data_size: int, step: int, seconds: float) -> dict:
+    """The model.json fields other than the format and network kwargs."""
+    return {
+        "surfsep_version": __version__,
+        "network": {"name": config.network},
+        "modality": "image",
+        "sources": config.sources,
+        "mixture": config.mixture,
+        "method": method.name,
+        "variant": getattr(method, "variant", None),
+        "one_step": method.one_step,
+        "sigma": config.sigma,
+        "sampler": {"solver": "euler", "steps": config.sampler_steps or default_sampler_steps(method)},
+        "training": {
+            "steps": step,
+            "seconds": round(seconds, 2),
+            "batch_size": config.batch_size,
+            "mixtures_seen": step * config.batch_size,
+            "seed": config.seed,
+            "data": str(config.data),
+            "data_size": data_size,
+            "init": config.init,
+        },
+    }
+
+
+def check_resume_config(saved: dict, config: TrainConfig, run: Path) -> None:
+    differences = [
+        f"{name} ({saved.get(name)!r} in the run, {value!r} now)"
+        for name, value in config.to_dict().items()
+        if name not in RESUMABLE_CHANGES and saved.get(name) != value
+    ]
+    if differences:
+        raise TrainingError(
+            f"{run} holds a run with other settings: {'; '.join(differences)}. "
+            f"Use the same settings to resume it, or choose a new --out"
+        )
+
+
+def load_training_data(config: TrainConfig, method: Method) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mixtures (N, 1, H, W) in the internal sum convention, and references when the method needs them."""
+    scale = float(config.sources) if config.mixture == "mean" else 1.0
+    if method.needs_references:
+        reference_set = ReferenceSet.open(Path(config.data), config.sources)
+        return reference_set.mixtures * scale, reference_set.references
+    return MixtureSet.open(Path(config.data)).mixtures * scale, None
+
+
+def build_student(config: TrainConfig, method: Method) -> nn.Module:
+    if config.init:
+        network, metadata = load_model(Path(config.init))
+        logger.info("initialising from %s (method %s, %s steps)", config.init, metadata.get("method"),
+                    metadata.get("training", {}).get("steps"))
+        if metadata["network"]["name"] != config.network or list(network.config["channels"]) != list(config.channels):
+            raise TrainingError(
+                f"--init {config.init} has network {metadata['network']['name']} with channels "
+                f"{network.config['channels']}, but this run asks for {config.network} with {config.channels}"
+            )
+        network.train()
+        return network
+    if method.needs_teacher:
+        raise TrainingError(
+            f"method {method.name} starts its teacher from a trained separator: pass --init RUN "
+            f"with a mixit run (train one with `surfsep train --method mixit`)"
+        )
+    torch.manual_seed(config.seed)
+    return build_network(config.network, {"channels": config.channels})
+
+
+def ema_update(teacher: nn.Module, student: nn.Module, rate: float) -> None:
+    """``theta_T <- rate * theta_T + (1 - rate) * theta_S`` for every parameter and buffer."""
+    with torch.no_grad():
+        for teacher_tensor, student_tensor in zip(teacher.state_dict().values(), student.state_dict().values()):
+            if teacher_tensor.is_floating_point():
+                teacher_tensor.lerp_(student_tensor, 1.0 - rate)
+            else:
+                teacher_tensor.copy_(student_tensor)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint a resumed run starts from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+def attach_log_file(run: Path) -> logging.Handler:
+    handler = logging.FileHandler(run / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("surfsep").addHandler(handler)
+    return handler
+
+
+class StopRequest:
+    """Turn SIGINT (Ctrl-C) into a flag checked between steps, so the checkpoint is written between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.request)
+
+    def request(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def train(config: TrainConfig) -> Path:
+    """Run (or resume) training as configured; returns the run folder holding model.json."""
+    validate_config(config)
+    method = get_method(config.method, config.variant)
+    run = Path(config.out)
+    state_path = run / STATE_FILE
+
+    resuming = state_path.exists()
+    if resuming:
+        saved = json.loads((run / "config.json").read_text())
+        check_resume_config(saved, config, run)
+    elif run.exists() and any(run.iterdir()):
+        raise TrainingError(f"{run} already exists and holds no training state; choose a new --out or remove it")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "config.json", config.to_dict())
+    log_handler = attach_log_file(run)
+    try:
+        return run_training(config, method, run, state_path, resuming)
+    finally:
+        logging.getLogger("surfsep").removeHandler(log_handler)
+        log_handler.close()
+
+
+def run_training(config: TrainConfig, method: Method, run: Path, state_path: Path, resuming: bool) -> Path:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    mixtures, references = load_training_data(config, method)
+    data_size = mixtures.shape[0]
+    if data_size < config.batch_size:
+        raise TrainingError(f"{config.data} holds {data_size} mixtures, fewer than --batch-size {config.batch_size}")
+    if method.needs_teacher and config.shuffle == "constrained" and config.batch_size < config.sources:
+        raise TrainingError(f"the constrained remix needs --batch-size of at least --sources ({config.sources})")
+    logger.info(
+        "training %s%s on %d mixtures from %s, %d sources, batch %d, %d threads, surfsep %s",
+        method.name, f" ({method.variant})" if getattr(method, "variant", None) else "", data_size, config.data,
+        config.sources, config.batch_size, torch.get_num_threads(), __version__,
+    )
+
+    student = build_student(config, method)
+    teacher = copy.deepcopy(student).eval() if method.needs_teacher else None
+    if teacher is not None:
+        teacher.requires_grad_(False)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    )
+
+    step, seconds = 0, 0.0
+    if resuming:
+        state = torch.load(state_path, weights_only=True)
+        student.load_state_dict(state["student"])
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, seconds = int(state["step"]), float(state["seconds"])
+        truncate_metrics(run / "metrics.jsonl", step)
+        logger.info("resuming at step %d from %s", step, state_path)
+
+    def save_checkpoint() -> None:
+        state = {
+            "student": student.state_dict(),
+            "teacher": teacher.state_dict() if teacher is not None else {},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "seconds": seconds,
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(state_path, buffer.getvalue())
+        save_model(run, student, model_metadata(config, method, data_size, step, seconds))
+        if teacher is not None:
+            save_model(run / "teacher", teacher, model_metadata(config, method, data_size, step, seconds))
+
+    validator = make_validator(config, method, run) if config.valid and config.valid_every else None
+    stop = StopRequest()
+    metrics_file = (run / "metrics.jsonl").open("a")
+    consecutive_skips = 0
+    window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+    try:
+        while step < config.steps:
+            started = time.perf_counter()
+            student.train()
+            index = batch_indices(step, data_size, config.batch_size, config.seed)
+            context = StepContext(
+                student=student, teacher=teacher, sources=config.sources, sigma=config.sigma,
+                generator=seeded_generator(config.seed, 2, step), teacher_steps=config.teacher_steps,
+                shuffle=config.shuffle,
+            )
+
+            loss = method.loss(context, mixtures[index], references[index] if references is not None else None)
+
+            if not torch.isfinite(loss):
+                consecutive_skips += 1
+                logger.warning("skipping step %d: loss is %s", step, loss.item())
+                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise TrainingError(f"{consecutive_skips} non-finite losses in a row at step {step}; lower --learning-rate")
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                continue
+            consecutive_skips = 0
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if teacher is not None:
+                ema_update(teacher, student, config.ema)
+            step += 1
+            seconds += time.perf_counter() - started
+
+            window_loss += loss.item()
+            window_count += 1
+            if step % config.log_every == 0 or step == config.steps:
+                rate = window_count / max(time.perf_counter() - window_start, 1e-9)
+                record = {"step": step, "loss": window_loss / window_count, "grad_norm": float(grad_norm),
+                          "lr": scheduler.get_last_lr()[0], "steps_per_second": rate, "seconds": seconds}
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                logger.info("step %d/%d loss %.5f, %.2f steps/s", step, config.steps, record["loss"], rate)
+                window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+
+            if validator is not None and step % config.valid_every == 0:
+                record = validator(step, student, teacher)
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_checkpoint()
+            if stop.requested:
+                logger.warning("interrupted at step %d; saved a checkpoint to resume from", step)
+                save_checkpoint()
+                raise KeyboardInterrupt
+    finally:
+        stop.restore()
+        metrics_file.close()
+
+    if not (run / "model.json").exists():
+        save_checkpoint()
+    logger.info("finished %s: %d steps in %.1f s; model in %s", method.name, step, seconds, run)
+    return run
+
+
+def make_validator(config: TrainConfig, method: Method, run: Path):
+    """Return a function that scores the student (and teacher) on the references of ``config.valid``."""
+    from surfsep.evaluate import evaluate_separator
+    from surfsep.models import Separator
+
+    reference_set = ReferenceSet.open(Path(config.valid), config.sources)
+    limit = min(config.valid_limit, len(reference_set))
+    reference_set.mixtures = reference_set.mixtures[:limit]
+    reference_set.references = reference_set.references[:limit]
+    reference_set.names = reference_set.names[:limit]
+
+    def validate(step: int, student: nn.Module, teacher: nn.Module | None) -> dict:
+        metadata = model_metadata(config, method, 0, step, 0.0)
+        record = {"step": step, "valid_mixtures": limit}
+        for role, network in (("student", student), ("teacher", teacher)):
+            if network is None:
+                continue
+            network.eval()
+            scores = evaluate_separator(Separator(network, metadata), reference_set, seed=config.seed)
+            record[f"valid_{role}_psnr"] = float(scores["psnr"].mean())
+            record[f"valid_{role}_ssim"] = float(scores["ssim"].mean())
+        logger.info("step %d validation: %s", step, ", ".join(
+            f"{key} {value:.3f}" for key, value in record.items() if key.startswith("valid_") and isinstance(value, float)))
+        return record

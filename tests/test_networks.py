@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from conftest import random_network
+from surfsep.networks import SlotUNet, build_network
+
+
+@pytest.mark.parametrize("slots", [2, 3, 4])
+def test_permuting_slots_permutes_output(slots):
+    network = random_network(channels=(8, 16, 16))
+    generator = torch.Generator().manual_seed(slots)
+    x = torch.randn(3, slots, 1, 12, 12, generator=generator)
+    mixture = torch.rand(3, 1, 12, 12, generator=generator)
+    t = torch.rand(3, generator=generator)
+    perm = torch.randperm(slots, generator=generator)
+    while slots > 1 and torch.equal(perm, torch.arange(slots)):
+        perm = torch.randperm(slots, generator=generator)
+
+    with torch.no_grad():
+        output = network(x, mixture, t)
+        permuted_output = network(x[:, perm], mixture, t)
+
+    torch.testing.assert_close(permuted_output, output[:, perm], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(permuted_output, output, atol=1e-3)
+
+
+def test_slots_exchange_information():
+    network = random_network()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 1, 8, 8, generator=generator)
+    mixture = torch.rand(1, 1, 8, 8, generator=generator)
+    t = torch.zeros(1)
+    changed = x.clone()
+    changed[:, 1] += 1.0
+
+    with torch.no_grad():
+        before = network(x, mixture, t)[:, 0]
+        after = network(changed, mixture, t)[:, 0]
+
+    assert (before - after).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("height,width", [(28, 28), (27, 30), (9, 13)])
+def test_network_keeps_odd_image_sizes(height, width):
+    network = random_network(channels=(8, 16, 16))
+    x = torch.randn(2, 3, 1, height, width)
+    output = network(x, torch.rand(2, 1, height, width), torch.rand(2))
+    assert output.shape == x.shape
+
+
+def test_build_network_rejects_unknown_name():
+    with pytest.raises(ValueError, match="unknown network"):
+        build_network("transformer", {})
+
+
+def test_build_network_round_trips_config():
+    network = SlotUNet(channels=(8, 16), embedding_size=16)
+    rebuilt = build_network("slot-unet", network.config)
+    assert rebuilt.config == network.config
+    assert rebuilt.load_state_dict(network.state_dict())

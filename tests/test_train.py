@@ -1,0 +1,185 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import surfsep
+from conftest import run_surfsep
+from surfsep.config import TrainConfig
+from surfsep.data import images as image_io
+from surfsep.train import TrainingError, train
+
+SMALL = ["--channels", "8", "16", "--batch-size", "16", "--threads", "1", "--log-every", "5"]
+
+
+def train_args(data, out, method, steps, *extra):
+    return ["train", "--method", method, "--data", str(data), "--out", str(out), "--steps", str(steps), *SMALL, *extra]
+
+
+@pytest.fixture(scope="module")
+def mixit_run(digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "mixit"
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 20, "--checkpoint-every", "10"))
+    return out
+
+
+def saved_steps(run: Path) -> int:
+    try:
+        return json.loads((run / "model.json").read_text())["training"]["steps"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def kill_after_checkpoint(args, run: Path, min_step: int, timeout: float = 120.0) -> None:
+    """Start training in a new process and SIGKILL it once a checkpoint at or after ``min_step`` exists."""
+    process = subprocess.Popen([sys.executable, "-m", "surfsep", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while saved_steps(run) < min_step:
+        assert process.poll() is None, "training ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = load_file(first), load_file(second)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs between {first} and {second}"
+
+
+@pytest.mark.parametrize("method", ["mixit", "surf", "supervised-flow"])
+def test_killed_run_resumes_to_same_weights(method, digits_dir, mixit_run, tmp_path):
+    steps = 120
+    extra = ["--checkpoint-every", "5"]
+    if method == "surf":
+        extra += ["--init", str(mixit_run), "--ema", "0.9"]
+    data = digits_dir / "train"
+
+    run_surfsep(*train_args(data, tmp_path / "whole", method, steps, *extra))
+    interrupted = train_args(data, tmp_path / "killed", method, steps, *extra)
+    kill_after_checkpoint(interrupted, tmp_path / "killed", min_step=10)
+    assert saved_steps(tmp_path / "killed") < steps
+    resumed = run_surfsep(*interrupted)
+
+    assert "resuming at step" in resumed.stderr
+    assert_same_weights(tmp_path / "whole" / "model.safetensors", tmp_path / "killed" / "model.safetensors")
+    if method == "surf":
+        assert_same_weights(tmp_path / "whole" / "teacher" / "model.safetensors",
+                            tmp_path / "killed" / "teacher" / "model.safetensors")
+    steps_logged = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == sorted(set(steps_logged))
+    assert steps_logged[-1] == steps
+
+
+def test_resume_rejects_changed_settings(digits_dir, mixit_run, tmp_path):
+    out = tmp_path / "run"
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 2))
+    result = run_surfsep(*train_args(digits_dir / "train", out, "mixit", 4, "--learning-rate", "0.01"), check=False)
+    assert result.returncode == 2
+    assert "learning_rate" in result.stderr
+
+
+def test_finished_run_can_be_extended(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 2))
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 4))
+    assert saved_steps(out) == 4
+
+
+def test_surf_requires_initial_teacher(digits_dir, tmp_path):
+    result = run_surfsep(*train_args(digits_dir / "train", tmp_path / "surf", "surf", 2), check=False)
+    assert result.returncode == 2
+    assert "--init" in result.stderr
+    assert "mixit" in result.stderr
+
+
+def test_train_refuses_unrelated_folder(digits_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep")
+    result = run_surfsep(*train_args(digits_dir / "train", tmp_path, "mixit", 2), check=False)
+    assert result.returncode == 2
+    assert "holds no training state" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("method", ["mixit", "remixit", "self-remixing", "surf"])
+def test_unsupervised_training_never_opens_references(method, digits_dir, mixit_run, tmp_path, monkeypatch):
+    opened = []
+    original = image_io.read_png
+    monkeypatch.setattr(image_io, "read_png", lambda path: opened.append(Path(path)) or original(path))
+    config = TrainConfig(method=method, data=str(digits_dir / "train"), out=str(tmp_path / "run"), steps=2,
+                         batch_size=16, channels=[8, 16], init=None if method == "mixit" else str(mixit_run))
+
+    train(config)
+
+    assert opened
+    assert {path.parent.name for path in opened} == {"mix"}
+
+
+def test_supervised_training_needs_reference_folders(tmp_path, digits_dir):
+    mixtures_only = tmp_path / "mixtures"
+    mixtures_only.mkdir()
+    for path in list((digits_dir / "valid" / "mix").iterdir()):
+        (mixtures_only / path.name).write_bytes(path.read_bytes())
+    config = TrainConfig(method="supervised-flow", data=str(mixtures_only), out=str(tmp_path / "run"), steps=1,
+                         batch_size=2, channels=[8])
+    with pytest.raises(ValueError, match="no mix/ folder"):
+        train(config)
+
+
+@pytest.mark.parametrize("variant", ["remixit-flow", "self-remixing-flow"])
+def test_surf_variants_train_and_load(variant, digits_dir, mixit_run, tmp_path):
+    out = tmp_path / variant
+    run_surfsep(*train_args(digits_dir / "train", out, "surf", 3, "--variant", variant, "--init", str(mixit_run)))
+
+    separator = surfsep.load(out)
+    mixture = torch.rand(3, 28, 28) * 0.5
+    estimates = separator.separate(mixture, steps=4)
+
+    assert separator.metadata["variant"] == variant
+    assert estimates.shape == (3, 2, 28, 28)
+    torch.testing.assert_close(estimates.mean(dim=1), mixture, atol=1e-5, rtol=0)
+    assert (out / "teacher" / "model.json").is_file()
+
+
+def test_dry_run_prints_resolved_config(digits_dir, tmp_path):
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text("method: mixit\nsteps: 7\nsigma: 0.25\n")
+    result = run_surfsep("train", "--config", str(config_file), "--data", str(digits_dir / "train"),
+                         "--out", str(tmp_path / "run"), "--steps", "9", "--dry-run")
+    printed = json.loads(result.stdout)
+    assert printed["method"] == "mixit"
+    assert printed["steps"] == 9
+    assert printed["sigma"] == 0.25
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_rejects_unknown_setting(digits_dir, tmp_path):
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text("learning_rat: 0.1\n")
+    result = run_surfsep("train", "--config", str(config_file), "--data", str(digits_dir / "train"),
+                         "--out", str(tmp_path / "run"), "--dry-run", check=False)
+    assert result.returncode == 2
+    assert "learning_rat" in result.stderr
+
+
+def test_invalid_setting_is_named(digits_dir, tmp_path):
+    result = run_surfsep(*train_args(digits_dir / "train", tmp_path / "run", "mixit", 2, "--sigma", "0"), check=False)
+    assert result.returncode == 2
+    assert "--sigma must be positive" in result.stderr
+
+
+def test_training_error_type_for_small_data(tmp_path, digits_dir):
+    config = TrainConfig(method="mixit", data=str(digits_dir / "valid"), out=str(tmp_path / "run"), steps=1,
+                         batch_size=64, channels=[8])
+    with pytest.raises(TrainingError, match="fewer than --batch-size 64"):
+        train(config)
