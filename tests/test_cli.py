@@ -47,7 +47,8 @@ def test_separate_refuses_existing_output(flow_run, digits_dir, tmp_path):
     result = run_surfsep("separate", str(flow_run), str(source), "--out", str(tmp_path / "out"), check=False)
 
     assert result.returncode == 2
-    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert "already exists" in result.stderr
+    assert "--overwrite" in result.stderr
     assert existing.read_bytes() == before
     assert not (tmp_path / "out" / "s1" / "00000.png").exists()
 
@@ -108,10 +109,11 @@ def test_demo_writes_results_and_grid(tmp_path):
     result = run_surfsep("demo", "--out", str(out), "--scale", "0.003", "--data-scale", "0.05")
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"mixture", "mixit", "surf", "supervised-flow"}
+    assert set(results["methods"]) == {"mixture", "mixit", "surf", "surf-teacher", "supervised-flow"}
     for name, row in results["methods"].items():
         assert {"psnr", "ssim", "training_steps", "training_seconds"} <= set(row), name
-        assert np.isfinite(row["psnr"]) and 0 < row["ssim"] <= 1
+        assert np.isfinite(row["psnr"]), name
+        assert 0 < row["ssim"] <= 1, name
     assert results["methods"]["mixit"]["training_steps"] == 4
     assert (out / "grid.png").is_file()
     assert "supervised-flow" in result.stdout

@@ -105,6 +105,11 @@ def test_mixture_set_rejects_reference_folder(digits_dir):
         MixtureSet.open(digits_dir / "train" / "s1")
 
 
+def test_mixture_set_rejects_data_set_root(digits_dir):
+    with pytest.raises(DataError, match="contains reference folders"):
+        MixtureSet.open(digits_dir)
+
+
 def test_reference_set_names_missing_reference(digits_dir, tmp_path):
     copy = tmp_path / "split"
     shutil.copytree(digits_dir / "valid", copy)

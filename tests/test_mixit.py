@@ -13,7 +13,7 @@ def test_assignment_matrices_cover_every_split():
 def test_mixit_picks_the_true_assignment():
     generator = torch.Generator().manual_seed(0)
     sources = torch.rand(3, 4, 1, 6, 6, generator=generator)
-    # Mixture 1 holds sources {0, 2} in example 0, {1} in example 1 and {0, 1, 3} in example 2.
+    # Mixture 1 contains sources {0, 2} in example 0, {1} in example 1 and {0, 1, 3} in example 2.
     owner = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 1], [0, 0, 1, 0]], dtype=torch.float32)
     first = torch.einsum("bm,bmchw->bchw", 1 - owner, sources)
     second = torch.einsum("bm,bmchw->bchw", owner, sources)

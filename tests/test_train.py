@@ -107,7 +107,7 @@ def test_train_refuses_unrelated_folder(digits_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("keep")
     result = run_surfsep(*train_args(digits_dir / "train", tmp_path, "mixit", 2), check=False)
     assert result.returncode == 2
-    assert "holds no training state" in result.stderr
+    assert "contains no training state" in result.stderr
     assert (tmp_path / "notes.txt").read_text() == "keep"
 
 
@@ -183,3 +183,12 @@ def test_training_error_type_for_small_data(tmp_path, digits_dir):
                          batch_size=64, channels=[8])
     with pytest.raises(TrainingError, match="fewer than --batch-size 64"):
         train(config)
+
+
+def test_quiet_run_still_writes_log_file(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_surfsep("--quiet", *train_args(digits_dir / "train", out, "mixit", 2))
+    log = (out / "log.txt").read_text()
+    assert "step 2/2" not in result.stderr
+    assert "training mixit on 160 mixtures" in log
+    assert "finished mixit: 2 steps" in log

@@ -1,7 +1,7 @@
 """Scoring a separator against references: per-file CSV and a JSON summary.
 
 Every file is scored under its best permutation (maximum mean PSNR), and the mixture itself is
-scored the same way as a baseline: it stands in as the estimate of every source.
+scored the same way as a baseline, used as the estimate of every source.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ METRIC_NOTES = {
 
 
 def evaluate_separator(
-    separator: Separator, reference_set: ReferenceSet, steps: int | None = None, seed: int = 0, batch_size: int = 256
+    separator: Separator, reference_set: ReferenceSet, steps: int | None = None, seed: int = 0, batch_size: int = 64
 ) -> dict[str, torch.Tensor]:
     """Separate every mixture of ``reference_set`` and score it; see ``metrics.score_images``."""
     if reference_set.references.shape[1] != separator.sources:
@@ -65,7 +65,7 @@ def summarise(values: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate_model(model: Path, data: Path, out: Path, steps: int | None = None, seed: int = 0,
-                   overwrite: bool = False, batch_size: int = 256) -> dict:
+                   overwrite: bool = False, batch_size: int = 64) -> dict:
     """Evaluate the model at ``model`` on the split ``data``; writes per_file.csv and summary.json to ``out``."""
     out = Path(out)
     targets = [out / "per_file.csv", out / "summary.json"]

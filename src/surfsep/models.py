@@ -134,7 +134,7 @@ class Separator:
         steps: int | None = None,
         seed: int = 0,
         solver: str | None = None,
-        batch_size: int = 256,
+        batch_size: int = 64,
     ) -> torch.Tensor:
         """Separate (H, W), (N, H, W) or (N, 1, H, W) mixtures; returns (N, K, H, W) estimates.
 

@@ -32,19 +32,26 @@ def group_count(channels: int) -> int:
 
 
 class SlotBlock(nn.Module):
-    """A 3x3 convolution with FiLM from the time embedding, a slot-mean exchange and a residual path.
+    """3x3 convolutions with FiLM from the time embedding, a slot-mean exchange and a residual path.
 
     The exchange adds ``conv1x1(mean over slots of h)`` to every slot's features: the only path
-    by which slots see each other, and a symmetric one. One convolution per block rather than two
-    trained about 1.4x faster per step on 2 CPU cores (channels 16/32/64, batch 64, 2 slots).
+    by which slots see each other, and a symmetric one. ``convolutions`` is 1 by default because
+    one convolution per block trained 1.25x faster per step than two on 2 CPU cores
+    (scripts/bench_network.py, docs/benchmarks.md).
     """
+    # NOTE: quality per CPU-second of one against two convolutions per block has not been compared.
 
-    def __init__(self, in_channels: int, out_channels: int, embedding_size: int):
+    def __init__(self, in_channels: int, out_channels: int, embedding_size: int, convolutions: int = 1):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm = nn.GroupNorm(group_count(out_channels), out_channels)
         self.film = nn.Linear(embedding_size, 2 * out_channels)
         self.exchange = nn.Conv2d(out_channels, out_channels, 1)
+        self.extra = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1),
+                          nn.GroupNorm(group_count(out_channels), out_channels), nn.SiLU())
+            for _ in range(convolutions - 1)
+        )
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, h: torch.Tensor, embedding: torch.Tensor, slots: int) -> torch.Tensor:
@@ -56,6 +63,9 @@ class SlotBlock(nn.Module):
         grouped = out.reshape((-1, slots) + tuple(out.shape[1:]))
         slot_mean = grouped.mean(dim=1)
         out = (grouped + self.exchange(slot_mean).unsqueeze(1)).reshape(out.shape)
+
+        for layer in self.extra:
+            out = layer(out)
         return out + self.skip(h)
 
 
@@ -67,11 +77,20 @@ class SlotUNet(nn.Module):
     sides are not divisible by ``2 ** (levels - 1)`` are padded by reflection and cropped back.
     """
 
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), embedding_size: int = 64, image_channels: int = 1):
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (16, 32, 64),
+        embedding_size: int = 64,
+        image_channels: int = 1,
+        block_convolutions: int = 1,
+    ):
         super().__init__()
         if len(channels) < 1:
             raise ValueError("channels needs at least one width")
-        self.config = {"channels": list(channels), "embedding_size": embedding_size, "image_channels": image_channels}
+        if block_convolutions < 1:
+            raise ValueError(f"block_convolutions must be at least 1, got {block_convolutions}")
+        self.config = {"channels": list(channels), "embedding_size": embedding_size,
+                       "image_channels": image_channels, "block_convolutions": block_convolutions}
         self.channels = tuple(channels)
         self.image_channels = image_channels
         self.time_mlp = nn.Sequential(
@@ -84,17 +103,17 @@ class SlotUNet(nn.Module):
         self.downsample = nn.ModuleList()
         previous = channels[0]
         for index, width in enumerate(channels):
-            self.down_blocks.append(SlotBlock(previous, width, embedding_size))
+            self.down_blocks.append(SlotBlock(previous, width, embedding_size, block_convolutions))
             previous = width
             if index < len(channels) - 1:
                 self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
-        self.middle = SlotBlock(previous, previous, embedding_size)
+        self.middle = SlotBlock(previous, previous, embedding_size, block_convolutions)
 
         self.upsample = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         for width in reversed(channels[:-1]):
             self.upsample.append(nn.Conv2d(previous, width, 3, padding=1))
-            self.up_blocks.append(SlotBlock(2 * width, width, embedding_size))
+            self.up_blocks.append(SlotBlock(2 * width, width, embedding_size, block_convolutions))
             previous = width
         self.head = nn.Conv2d(previous, image_channels, 3, padding=1)
         nn.init.zeros_(self.head.weight)

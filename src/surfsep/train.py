@@ -33,7 +33,7 @@ MAX_CONSECUTIVE_SKIPS = 20
 
 
 class TrainingError(RuntimeError):
-    """A training run that cannot start or continue; the message says why and what to do."""
+    """A training run that cannot start or continue; the message gives the reason and the fix."""
 
 
 def seeded_generator(*keys: int) -> torch.Generator:
@@ -54,7 +54,7 @@ def default_sampler_steps(method: Method) -> int:
 
 
 def model_metadata(config: TrainConfig, method: Method, data_size: int, step: int, seconds: float) -> dict:
-    """The model.json fields other than the format and network kwargs."""
+    """Build the model.json fields other than the format and the network kwargs."""
     return {
         "surfsep_version": __version__,
         "network": {"name": config.network},
@@ -87,7 +87,7 @@ def check_resume_config(saved: dict, config: TrainConfig, run: Path) -> None:
     ]
     if differences:
         raise TrainingError(
-            f"{run} holds a run with other settings: {'; '.join(differences)}. "
+            f"{run} contains a run with other settings: {'; '.join(differences)}. "
             f"Use the same settings to resume it, or choose a new --out"
         )
 
@@ -140,11 +140,18 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
 
-def attach_log_file(run: Path) -> logging.Handler:
+def attach_log_file(run: Path) -> tuple[logging.Handler, int]:
+    """Send INFO and above of the ``surfsep`` loggers to ``run/log.txt``; returns the handler and the old level."""
     handler = logging.FileHandler(run / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("surfsep").addHandler(handler)
-    return handler
+    handler.setLevel(logging.INFO)
+    package_logger = logging.getLogger("surfsep")
+    previous_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        # The console keeps its own handler level; only the file needs INFO records.
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    return handler, previous_level
 
 
 class StopRequest:
@@ -178,14 +185,16 @@ def train(config: TrainConfig) -> Path:
         saved = json.loads((run / "config.json").read_text())
         check_resume_config(saved, config, run)
     elif run.exists() and any(run.iterdir()):
-        raise TrainingError(f"{run} already exists and holds no training state; choose a new --out or remove it")
+        raise TrainingError(f"{run} already exists and contains no training state; choose a new --out or remove it")
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / "config.json", config.to_dict())
-    log_handler = attach_log_file(run)
+    log_handler, previous_level = attach_log_file(run)
     try:
         return run_training(config, method, run, state_path, resuming)
     finally:
-        logging.getLogger("surfsep").removeHandler(log_handler)
+        package_logger = logging.getLogger("surfsep")
+        package_logger.removeHandler(log_handler)
+        package_logger.setLevel(previous_level)
         log_handler.close()
 
 
@@ -195,7 +204,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
     mixtures, references = load_training_data(config, method)
     data_size = mixtures.shape[0]
     if data_size < config.batch_size:
-        raise TrainingError(f"{config.data} holds {data_size} mixtures, fewer than --batch-size {config.batch_size}")
+        raise TrainingError(f"{config.data} contains {data_size} mixtures, fewer than --batch-size {config.batch_size}")
     if method.needs_teacher and config.shuffle == "constrained" and config.batch_size < config.sources:
         raise TrainingError(f"the constrained remix needs --batch-size of at least --sources ({config.sources})")
     logger.info(

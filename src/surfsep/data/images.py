@@ -132,6 +132,13 @@ class MixtureSet:
         files = list_images(folder)
         if not files:
             raise DataError(f"no PNG mixtures found in {folder}")
+        for path in files:
+            parent = path.parent
+            if REFERENCE_FOLDER.match(parent.name) and any((parent.parent / name).is_dir() for name in MIXTURE_FOLDERS):
+                raise DataError(
+                    f"{folder} contains reference folders such as {parent}; unsupervised training reads "
+                    f"mixtures only, so pass a split folder such as {parent.parent} (whose mix/ folder is used)"
+                )
         names = [path.relative_to(folder).as_posix() for path in files]
         return cls(folder=folder, names=names, mixtures=load_stack(files, f"mixtures in {folder}"))
 

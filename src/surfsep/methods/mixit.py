@@ -1,8 +1,8 @@
 """Mixture invariant training (MixIT, Wisdom et al. 2020).
 
-Pairs of observed mixtures are summed into mixtures of mixtures (MoMs); the network separates each
-MoM into 2K slots in one-step mode, and every slot is assigned to one of the two mixtures by the
-assignment (out of 2^(2K)) with the lowest loss. The loss is MSE, as for images.
+Pairs of observed mixtures are summed into mixtures of mixtures (MoMs), and the network separates
+each MoM into 2K slots in one-step mode. Every slot is then assigned to one of the two mixtures by
+the assignment, out of 2^(2K), with the lowest loss. The loss is the MSE, as suits images.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from surfsep.methods.base import Method, StepContext
 
 
 def assignment_matrices(slots: int, device: torch.device | None = None) -> torch.Tensor:
-    """All 2^slots assignments of slots to two mixtures, as (2^slots, 2, slots) 0/1 matrices."""
+    """List all 2^slots assignments of slots to two mixtures, as (2^slots, 2, slots) 0/1 matrices."""
     choices = torch.tensor(list(itertools.product((0, 1), repeat=slots)), dtype=torch.float32, device=device)
     return torch.stack([1 - choices, choices], dim=1)
 

@@ -1,8 +1,8 @@
 """Self-Remixing (Saijo and Ogawa 2023): the student's estimates of remixed mixtures are put back.
 
-The student separates the remixed mixtures; its slots are aligned to the teacher's shuffled
-estimates by PIT, returned to the observed mixtures they came from and summed, and the sums are
-compared with the observed mixtures.
+The student separates the remixed mixtures, and PIT aligns its slots to the teacher's shuffled
+estimates. Each slot then goes back to the observed mixture it came from, the slots of each
+observed mixture are summed, and the loss compares those sums with the observed mixtures.
 """
 
 from __future__ import annotations
