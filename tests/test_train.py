@@ -192,3 +192,23 @@ def test_quiet_run_still_writes_log_file(digits_dir, tmp_path):
     assert "step 2/2" not in result.stderr
     assert "training mixit on 160 mixtures" in log
     assert "finished mixit: 2 steps" in log
+
+
+def test_failed_start_can_be_rerun(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    failed = run_surfsep(*train_args(tmp_path / "missing", out, "mixit", 2), check=False)
+    assert failed.returncode == 2
+    assert "not found" in failed.stderr
+
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 2))
+    assert saved_steps(out) == 2
+
+
+def test_resume_ignores_cut_metrics_line(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 10, "--checkpoint-every", "5"))
+    with (out / "metrics.jsonl").open("a") as stream:
+        stream.write('{"step": 11, "lo')
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 15))
+    steps_logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == [5, 10, 15]

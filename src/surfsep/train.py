@@ -29,6 +29,8 @@ from surfsep.networks import build_network
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+# Files a run writes before its first checkpoint; a folder holding only these starts afresh.
+RUN_START_FILES = {"config.json", "log.txt", "metrics.jsonl"}
 MAX_CONSECUTIVE_SKIPS = 20
 
 
@@ -136,7 +138,14 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint a resumed run starts from."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short when the run was killed
+        if record.get("step", 0) <= step:
+            kept.append(line)
     atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
 
@@ -184,8 +193,11 @@ def train(config: TrainConfig) -> Path:
     if resuming:
         saved = json.loads((run / "config.json").read_text())
         check_resume_config(saved, config, run)
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and any(path.name not in RUN_START_FILES for path in run.iterdir()):
         raise TrainingError(f"{run} already exists and contains no training state; choose a new --out or remove it")
+    elif (run / "metrics.jsonl").exists():
+        # A run that stopped before its first checkpoint starts again from step 0.
+        (run / "metrics.jsonl").unlink()
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / "config.json", config.to_dict())
     log_handler, previous_level = attach_log_file(run)
@@ -268,29 +280,28 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
 
             loss = method.loss(context, mixtures[index], references[index] if references is not None else None)
 
-            if not torch.isfinite(loss):
-                consecutive_skips += 1
-                logger.warning("skipping step %d: loss is %s", step, loss.item())
-                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    raise TrainingError(f"{consecutive_skips} non-finite losses in a row at step {step}; lower --learning-rate")
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                continue
-            consecutive_skips = 0
-
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if teacher is not None:
-                ema_update(teacher, student, config.ema)
+            if torch.isfinite(loss):
+                consecutive_skips = 0
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                if teacher is not None:
+                    ema_update(teacher, student, config.ema)
+                window_loss += loss.item()
+                window_count += 1
+            else:
+                consecutive_skips += 1
+                logger.warning("skipping step %d: the loss is %s, so no update was made", step, loss.item())
+                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise TrainingError(
+                        f"{consecutive_skips} non-finite losses in a row at step {step}; lower --learning-rate"
+                    )
             step += 1
             seconds += time.perf_counter() - started
 
-            window_loss += loss.item()
-            window_count += 1
-            if step % config.log_every == 0 or step == config.steps:
+            if window_count and (step % config.log_every == 0 or step == config.steps):
                 rate = window_count / max(time.perf_counter() - window_start, 1e-9)
                 record = {"step": step, "loss": window_loss / window_count, "grad_norm": float(grad_norm),
                           "lr": scheduler.get_last_lr()[0], "steps_per_second": rate, "seconds": seconds}
