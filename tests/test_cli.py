@@ -1,9 +1,12 @@
 import csv
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import run_surfsep
 from surfsep.data.images import read_png, write_png
@@ -117,3 +120,55 @@ def test_demo_writes_results_and_grid(tmp_path):
     assert results["methods"]["mixit"]["training_steps"] == 4
     assert (out / "grid.png").is_file()
     assert "supervised-flow" in result.stdout
+
+
+def test_separate_checks_all_inputs_first(flow_run, digits_dir, tmp_path):
+    inputs = tmp_path / "inputs"
+    shutil.copytree(digits_dir / "train" / "mix", inputs)
+    Image.new("RGB", (28, 28)).save(inputs / "zzz-colour.png")
+
+    result = run_surfsep("separate", str(flow_run), str(inputs), "--out", str(tmp_path / "out"), check=False)
+
+    assert result.returncode == 2
+    assert "zzz-colour.png" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_separate_rejects_non_png_file(flow_run, tmp_path):
+    Image.new("L", (28, 28)).save(tmp_path / "digit.jpg")
+    result = run_surfsep("separate", str(flow_run), str(tmp_path / "digit.jpg"), "--out", str(tmp_path / "out"),
+                         check=False)
+    assert result.returncode == 2
+    assert "not a .png file" in result.stderr
+
+
+def test_separate_handles_tiny_and_odd_sizes(flow_run, tmp_path):
+    for height, width in ((2, 2), (31, 45), (1, 1)):
+        write_png(tmp_path / "in" / f"{height}x{width}.png", np.full((height, width), 0.3))
+    run_surfsep("separate", str(flow_run), str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert read_png(tmp_path / "out" / "s2" / "31x45.png").shape == (31, 45)
+    assert read_png(tmp_path / "out" / "s1" / "2x2.png").shape == (2, 2)
+
+
+def test_outputs_get_usual_file_mode(flow_run, digits_dir, tmp_path):
+    run_surfsep("separate", str(flow_run), str(digits_dir / "test" / "mix" / "00000.png"), "--out", str(tmp_path / "o"))
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (tmp_path / "o" / "s1" / "00000.png", flow_run / "model.json", flow_run / "model.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_quiet_accepted_after_subcommand(tmp_path):
+    result = run_surfsep("data", "digits", "--out", str(tmp_path / "d"), "--scale", "0.005", "--quiet")
+    assert result.stderr == ""
+    assert (tmp_path / "d" / "dataset.json").is_file()
+
+
+def test_data_rejects_bad_scale_and_file(tmp_path):
+    result = run_surfsep("data", "digits", "--out", str(tmp_path / "d"), "--scale", "-1", check=False)
+    assert result.returncode == 2
+    assert "--scale must be positive" in result.stderr
+    (tmp_path / "file").write_text("x")
+    result = run_surfsep("data", "digits", "--out", str(tmp_path / "file"), check=False)
+    assert result.returncode == 2
+    assert "is a file" in result.stderr

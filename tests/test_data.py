@@ -67,7 +67,7 @@ def test_png_round_trip_16_and_8_bit(tmp_path):
     write_png(tmp_path / "shallow.png", image, bit_depth=8)
     assert np.abs(read_png(tmp_path / "deep.png") - image).max() <= 0.5 / 65535 + 1e-7
     assert np.abs(read_png(tmp_path / "shallow.png") - image).max() <= 0.5 / 255 + 1e-7
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_read_png_rejects_colour_image(tmp_path):

@@ -40,7 +40,7 @@ def test_slots_exchange_information():
     assert (before - after).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("height,width", [(28, 28), (27, 30), (9, 13)])
+@pytest.mark.parametrize("height,width", [(28, 28), (27, 30), (9, 13), (2, 2), (2, 100), (1, 1), (3, 2)])
 def test_network_keeps_odd_image_sizes(height, width):
     network = random_network(channels=(8, 16, 16))
     x = torch.randn(2, 3, 1, height, width)

@@ -212,3 +212,105 @@ def test_resume_ignores_cut_metrics_line(digits_dir, tmp_path):
     run_surfsep(*train_args(digits_dir / "train", out, "mixit", 15))
     steps_logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == [5, 10, 15]
+
+
+def test_config_file_values_are_typed(digits_dir, tmp_path):
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text("learning_rate: 1e-3\nsteps: '12'\nchannels: 16\nvariant: self-remixing-flow\n")
+    result = run_surfsep("train", "--config", str(config_file), "--data", str(digits_dir / "train"),
+                         "--out", str(tmp_path / "run"), "--dry-run")
+    printed = json.loads(result.stdout)
+    assert printed["learning_rate"] == 0.001
+    assert printed["steps"] == 12
+    assert printed["channels"] == [16]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("method: magic\n", "unknown method 'magic'"),
+    ("network: transformer\n", "unknown network 'transformer'"),
+    ("variant: fast\n", "unknown SURF variant 'fast'"),
+    ("steps: many\n", "steps must be an integer"),
+    ("sigma: [1, 2]\n", "sigma must be a number"),
+    ("method: 3\n", "method must be a string"),
+])
+def test_config_file_rejects_wrong_types(text, message, digits_dir, tmp_path):
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text(text)
+    result = run_surfsep("train", "--config", str(config_file), "--data", str(digits_dir / "train"),
+                         "--out", str(tmp_path / "run"), "--dry-run", check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--method", "magic"], "invalid choice: 'magic'"),
+    (["--method", "mixit", "--variant", "self-remixing-flow"], "has no variants"),
+    (["--method", "surf", "--variant", "fast"], "invalid choice: 'fast'"),
+    (["--network", "transformer"], "invalid choice: 'transformer'"),
+    (["--threads", "0"], "--threads must be at least 1"),
+])
+def test_dry_run_rejects_what_training_rejects(flags, message, digits_dir, tmp_path):
+    result = run_surfsep("train", "--data", str(digits_dir / "train"), "--out", str(tmp_path / "run"), *flags,
+                         "--dry-run", check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_validation_records_student_and_teacher(digits_dir, mixit_run, tmp_path):
+    out = tmp_path / "run"
+    run_surfsep(*train_args(digits_dir / "train", out, "surf", 4, "--init", str(mixit_run), "--valid",
+                            str(digits_dir / "valid"), "--valid-every", "2", "--sampler-steps", "2"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    validations = [record for record in records if "valid_student_psnr" in record]
+    assert [record["step"] for record in validations] == [2, 4]
+    assert all(record["valid_mixtures"] == 5 for record in validations)
+    assert all("valid_teacher_psnr" in record for record in validations)
+    assert "validation" in (out / "log.txt").read_text()
+
+
+def test_resume_accepts_equivalent_paths(digits_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_surfsep(*train_args(digits_dir / "train", "run", "mixit", 2))
+    run_surfsep(*train_args(str(digits_dir / "train") + "/", "./run", "mixit", 3))
+    assert saved_steps(tmp_path / "run") == 3
+
+
+def test_resume_rejects_fewer_steps(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 4))
+    result = run_surfsep(*train_args(digits_dir / "train", out, "mixit", 2), check=False)
+    assert result.returncode == 2
+    assert "already trained 4 steps" in result.stderr
+
+
+def test_teacher_model_keeps_teacher_sampler(digits_dir, mixit_run, tmp_path):
+    out = tmp_path / "run"
+    run_surfsep(*train_args(digits_dir / "train", out, "surf", 2, "--init", str(mixit_run)))
+    teacher = json.loads((out / "teacher" / "model.json").read_text())
+    student = json.loads((out / "model.json").read_text())
+    assert teacher["sampler"]["steps"] == 1
+    assert student["sampler"]["steps"] == 25
+
+
+def test_separation_independent_of_batch(mixit_run):
+    separator = surfsep.load(mixit_run)
+    generator = torch.Generator().manual_seed(0)
+    mixtures = torch.rand(5, 28, 28, generator=generator) * 0.5
+
+    together = separator.separate(mixtures, steps=3, seed=7, batch_size=2)
+    alone = separator.separate(mixtures[3], steps=3, seed=7)
+    other_seed = separator.separate(mixtures[3], steps=3, seed=8)
+
+    torch.testing.assert_close(together[3], alone[0], atol=1e-5, rtol=0)
+    assert not torch.equal(alone, other_seed)
+
+
+@pytest.mark.parametrize("value,message", [
+    (torch.zeros(2, 28, 28, dtype=torch.uint8), "floating point"),
+    (torch.zeros(0, 28, 28), "no mixtures"),
+    (torch.full((28, 28), float("nan")), "NaN"),
+    (torch.zeros(2, 2, 28, 28), "expected mixtures of shape"),
+])
+def test_separate_api_rejects_bad_input(value, message, mixit_run):
+    with pytest.raises(ValueError, match=message):
+        surfsep.load(mixit_run).separate(value)

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from surfsep import __version__
-from surfsep.config import TrainConfig, config_fields, load_yaml_overrides
+from surfsep.config import FLOAT_FIELDS, INTEGER_FIELDS, TrainConfig, config_fields, load_yaml_overrides
+from surfsep.methods import METHODS, SURF_VARIANTS
+from surfsep.networks import NETWORKS
 
 logger = logging.getLogger("surfsep")
 
@@ -43,20 +45,32 @@ TRAIN_HELP = {
 }
 
 
+TRAIN_CHOICES = {
+    "method": list(METHODS),
+    "variant": list(SURF_VARIANTS),
+    "network": sorted(NETWORKS),
+    "shuffle": ["constrained", "free"],
+    "mixture": ["mean", "sum"],
+}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per TrainConfig field. Flags default to None so that only given flags override."""
     parser.add_argument("--config", type=Path, help="YAML file of settings; flags given on the command line win")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
-    for name, item in config_fields().items():
+    defaults = TrainConfig()
+    for name in config_fields():
         flag = "--" + name.replace("_", "-")
-        default_type = type(item.default) if item.default is not None and not callable(item.default) else str
+        default = getattr(defaults, name)
+        help_text = TRAIN_HELP[name] + (f" (default: {default})" if default not in (None, "", []) else "")
         if name == "channels":
-            parser.add_argument(flag, type=int, nargs="+", default=None, help=TRAIN_HELP[name])
-        elif name in ("init", "valid", "variant"):
-            parser.add_argument(flag, type=str, default=None, help=TRAIN_HELP[name])
-        elif name in ("sampler_steps", "threads"):
-            parser.add_argument(flag, type=int, default=None, help=TRAIN_HELP[name])
+            parser.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
+        elif name in INTEGER_FIELDS:
+            parser.add_argument(flag, type=int, default=None, help=help_text)
+        elif name in FLOAT_FIELDS:
+            parser.add_argument(flag, type=float, default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=default_type, default=None, help=TRAIN_HELP[name])
+            parser.add_argument(flag, type=str, default=None, choices=TRAIN_CHOICES.get(name), help=help_text)
 
 
 def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
@@ -77,17 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"surfsep {__version__}")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    # Also accepted after the sub-command; SUPPRESS keeps a --quiet given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    data = commands.add_parser("data", help="write a built-in data set in the mix/ s1/ s2/ layout")
+    def add_command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kwargs)
+
+    data = add_command("data", help="write a built-in data set in the mix/ s1/ s2/ layout")
     data.add_argument("name", choices=["digits"], help="data set: digits (two-digit MNIST mixtures)")
     data.add_argument("--out", type=Path, required=True, help="new folder to write train/, valid/ and test/ into")
     data.add_argument("--scale", type=float, default=1.0, help="multiply every split's mixture count (for quick trials)")
 
-    train = commands.add_parser("train", help="train a separator")
+    train = add_command("train", help="train a separator")
     add_train_arguments(train)
 
-    separate = commands.add_parser("separate", help="separate PNG mixtures into one PNG per source")
+    separate = add_command("separate", help="separate PNG mixtures into one PNG per source")
     separate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
     separate.add_argument("inputs", type=Path, nargs="+", help="mixture PNG files or folders of them")
     separate.add_argument("--out", type=Path, required=True, help="folder for s1/ ... sK/ outputs")
@@ -96,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--bit-depth", type=int, choices=[8, 16], default=16, help="bits per pixel of the output PNGs")
     separate.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
-    evaluate = commands.add_parser("evaluate", help="score a model against references (PSNR, SSIM)")
+    evaluate = add_command("evaluate", help="score a model against references (PSNR, SSIM)")
     evaluate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
     evaluate.add_argument("--data", type=Path, required=True, help="split folder with mix/ and s1/ ... sK/")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for per_file.csv and summary.json")
@@ -104,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
 
-    demo = commands.add_parser("demo", help="build digits, train MixIT, SURF and a supervised flow, compare them")
+    demo = add_command("demo", help="build digits, train MixIT, SURF and a supervised flow, compare them")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (resumed when it exists)")
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every training budget (0.1 for a quick look)")
     demo.add_argument("--data-scale", type=float, default=1.0,
@@ -125,6 +145,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "data":
         from surfsep.data.digits import build_digits
 
+        if args.scale <= 0:
+            raise ValueError(f"--scale must be positive, got {args.scale}")
         description = build_digits(args.out, scale=args.scale)
         counts = ", ".join(f"{split} {info['mixtures']}" for split, info in description["splits"].items())
         logger.info("wrote digits to %s: %s mixtures", args.out, counts)
@@ -153,6 +175,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         results = run_demo(args.out, scale=args.scale, threads=args.threads, data_scale=args.data_scale)
         print(results["table"])
+        print("(SURF's training seconds include the MixIT run it starts from.)")
         print(f"results: {args.out / 'results.json'}, pictures: {results['grid']}")
     return 0
 

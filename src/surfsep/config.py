@@ -51,18 +51,50 @@ def config_fields() -> dict[str, dataclasses.Field]:
     return {item.name: item for item in dataclasses.fields(TrainConfig)}
 
 
+INTEGER_FIELDS = {"sources", "steps", "batch_size", "warmup_steps", "teacher_steps", "sampler_steps", "seed",
+                  "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads"}
+FLOAT_FIELDS = {"learning_rate", "grad_clip", "sigma", "ema"}
+OPTIONAL_FIELDS = {"variant", "init", "sampler_steps", "valid", "threads"}
+
+
+def coerce_setting(name: str, value, source: str):
+    """Convert a setting read from a file to its field's type; raise ValueError naming it otherwise."""
+    if value is None and name in OPTIONAL_FIELDS:
+        return None
+    try:
+        if name in INTEGER_FIELDS:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if name in FLOAT_FIELDS:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # PyYAML reads 1e-3 (no dot) as a string
+        if name == "channels":
+            widths = value if isinstance(value, list) else [value]
+            if any(isinstance(width, bool) for width in widths):
+                raise ValueError
+            return [int(width) for width in widths]
+    except (TypeError, ValueError):
+        expected = "an integer" if name in INTEGER_FIELDS else "a number" if name in FLOAT_FIELDS else "a list of integers"
+        raise ValueError(f"{source}: {name} must be {expected}, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: {name} must be a string, got {value!r}")
+    return value
+
+
 def load_yaml_overrides(path: Path) -> dict:
-    """Read a YAML mapping of TrainConfig fields; unknown keys are an error naming them."""
+    """Read a YAML mapping of TrainConfig fields, converted to their types; unknown keys raise ValueError."""
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read config file {path}: {error}") from error
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a mapping of settings, got {type(values).__name__}")
-    unknown = sorted(set(values) - set(config_fields()))
+        raise ValueError(f"config file {path} must contain a mapping of settings, got {type(values).__name__}")
+    unknown = sorted(str(key) for key in set(values) - set(config_fields()))
     if unknown:
         raise ValueError(f"config file {path} has unknown settings: {', '.join(unknown)}")
-    return values
+    return {name: coerce_setting(name, value, f"config file {path}") for name, value in values.items()}
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -82,9 +114,20 @@ def validate_config(config: TrainConfig) -> None:
         (config.log_every >= 1, f"--log-every must be at least 1, got {config.log_every}"),
         (len(config.channels) >= 1 and min(config.channels) >= 1, f"--channels must be positive widths, got {config.channels}"),
         (config.sampler_steps is None or config.sampler_steps >= 1, f"--sampler-steps must be at least 1, got {config.sampler_steps}"),
+        (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
+        (config.valid_every >= 0, f"--valid-every must be 0 or more, got {config.valid_every}"),
+        (config.valid_limit >= 1, f"--valid-limit must be at least 1, got {config.valid_limit}"),
         (bool(config.data), "--data is required: a folder of mixtures, or a split folder with mix/"),
         (bool(config.out), "--out is required: the run folder to write"),
     ]
     for passed, message in checks:
         if not passed:
             raise ValueError(message)
+
+    # Imported here because the methods and networks import torch, which a dry run need not load early.
+    from surfsep.methods import get_method
+    from surfsep.networks import NETWORKS
+
+    get_method(config.method, config.variant)
+    if config.network not in NETWORKS:
+        raise ValueError(f"unknown network {config.network!r}; available: {', '.join(sorted(NETWORKS))}")

@@ -20,7 +20,8 @@ from surfsep.config import TrainConfig
 from surfsep.data.digits import build_digits
 from surfsep.data.images import ReferenceSet
 from surfsep.evaluate import evaluate_model, evaluate_separator
-from surfsep.models import atomic_write_bytes, atomic_write_json, load
+from surfsep.files import atomic_write_bytes, atomic_write_json
+from surfsep.models import load
 from surfsep.train import train
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ import torch
 from surfsep import __version__
 from surfsep.data.images import ReferenceSet
 from surfsep.metrics import score_images
-from surfsep.models import Separator, atomic_write_bytes, atomic_write_json, load, resolve_model_folder
+from surfsep.files import atomic_write_bytes, atomic_write_json
+from surfsep.models import Separator, load, resolve_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def evaluate_model(model: Path, data: Path, out: Path, steps: int | None = None,
     separator = load(model)
     reference_set = ReferenceSet.open(Path(data), separator.sources)
     used_steps = 1 if separator.metadata.get("one_step") else (steps or separator.default_steps)
-    logger.info("evaluating %s on %d mixtures of %s with %d sampler steps", model, len(reference_set), data, used_steps)
+    logger.info("evaluating %s on %d mixtures of %s with %d sampler step%s", model, len(reference_set), data,
+                used_steps, "" if used_steps == 1 else "s")
 
     scores = evaluate_separator(separator, reference_set, steps=steps, seed=seed, batch_size=batch_size)
     baseline = score_mixture_baseline(reference_set)

@@ -112,18 +112,19 @@ def sample(
     sigma: float,
     generator: torch.Generator | None = None,
     solver: str = "euler",
+    x0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from t = 0 to 1 with ``steps`` uniform steps; returns (B, K, ...).
 
     ``solver`` is "euler" or "heun" (Heun's second-order method, one extra network call per step
-    except the last). Every iterate sums to the mixture over the slots.
+    except the last). ``x0`` replaces the drawn start point. Every iterate sums to the mixture.
     """
     if steps < 1:
         raise ValueError(f"the number of sampler steps must be at least 1, got {steps}")
     if solver not in ("euler", "heun"):
         raise ValueError(f"unknown solver {solver!r}: use 'euler' or 'heun'")
 
-    x = start_point(mixture, slots, sigma, generator)
+    x = start_point(mixture, slots, sigma, generator) if x0 is None else x0
     batch = mixture.shape[0]
     step_size = 1.0 / steps
     for index in range(steps):

@@ -8,17 +8,18 @@ trained. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from surfsep import flow
+from surfsep.files import atomic_path, atomic_write_json
 from surfsep.networks import build_network
 
 MODEL_FORMAT = "surfsep-model"
@@ -30,39 +31,13 @@ class ModelError(ValueError):
     """A model folder or file that cannot be loaded; the message names it."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
-
-
 def save_model(folder: Path, network: nn.Module, metadata: dict) -> None:
     """Write the network's weights and ``metadata`` (which must hold the network name) to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
-    handle, temporary = tempfile.mkstemp(prefix=".model.safetensors.", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_path(folder / "model.safetensors") as temporary:
         save_file(weights, temporary, metadata={"format": MODEL_FORMAT})
-        os.replace(temporary, folder / "model.safetensors")
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     document = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **metadata}
     document["network"] = {"name": metadata["network"]["name"], "kwargs": network.config}
     atomic_write_json(folder / "model.json", document)
@@ -138,18 +113,31 @@ class Separator:
     ) -> torch.Tensor:
         """Separate (H, W), (N, H, W) or (N, 1, H, W) mixtures; returns (N, K, H, W) estimates.
 
-        ``sample_rate`` must be None for image models. ``steps`` defaults to the model's sampler
-        steps; a model trained in one-step mode always uses 1. Estimates are not clipped.
+        Mixtures are floats, in [0, 1] for images read from files. ``sample_rate`` must be None for
+        image models. ``steps`` defaults to the model's sampler steps; a model trained in one-step
+        mode always uses 1. The start-point noise of each mixture is seeded by ``seed`` and the
+        mixture's values, so a mixture gets the same estimates (up to float rounding) whatever
+        else is in the call. Estimates are not clipped.
         """
         if sample_rate is not None:
             raise ValueError(f"this is an image model; pass sample_rate=None, not {sample_rate}")
-        mixture = torch.as_tensor(mixture, dtype=torch.float32)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        mixture = torch.as_tensor(mixture)
+        if not mixture.is_floating_point():
+            raise ValueError(
+                f"mixtures must be floating point (image values in [0, 1]), got {mixture.dtype}; "
+                f"divide 8-bit images by 255"
+            )
+        mixture = mixture.to(torch.float32)
         if mixture.dim() == 2:
             mixture = mixture.unsqueeze(0)
         if mixture.dim() == 3:
             mixture = mixture.unsqueeze(1)
         if mixture.dim() != 4 or mixture.shape[1] != 1:
             raise ValueError(f"expected mixtures of shape (H, W), (N, H, W) or (N, 1, H, W); got {tuple(mixture.shape)}")
+        if mixture.shape[0] == 0:
+            raise ValueError("no mixtures given: the batch axis has length 0")
         if not torch.isfinite(mixture).all():
             raise ValueError("mixture contains NaN or infinite values")
 
@@ -158,14 +146,23 @@ class Separator:
             steps = 1
         solver = solver or self.metadata["sampler"].get("solver", "euler")
         sigma = float(self.metadata["sigma"])
-        generator = torch.Generator().manual_seed(seed)
 
         internal = mixture * self.mixture_scale()
         outputs = []
         for start in range(0, internal.shape[0], batch_size):
             chunk = internal[start : start + batch_size]
-            outputs.append(flow.sample(self.network, chunk, self.sources, steps, sigma, generator, solver))
+            x0 = torch.cat([
+                flow.start_point(item.unsqueeze(0), self.sources, sigma, noise_generator(seed, item)) for item in chunk
+            ])
+            outputs.append(flow.sample(self.network, chunk, self.sources, steps, sigma, solver=solver, x0=x0))
         return torch.cat(outputs).squeeze(2)
+
+
+def noise_generator(seed: int, mixture: torch.Tensor) -> torch.Generator:
+    """A generator seeded by ``seed`` and the CRC-32 of the mixture's float32 values."""
+    checksum = zlib.crc32(mixture.detach().to(torch.float32).contiguous().numpy().tobytes())
+    state = np.random.SeedSequence([seed, checksum]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> 1))
 
 
 def load(path: str | Path) -> Separator:

@@ -74,7 +74,7 @@ class SlotUNet(nn.Module):
 
     Per slot the input is the slot's current value and the mixture (2 channels); widths
     ``channels`` give one resolution level each, halving the size between levels. Inputs whose
-    sides are not divisible by ``2 ** (levels - 1)`` are padded by reflection and cropped back.
+    sides are not divisible by ``2 ** (levels - 1)`` are padded by edge replication and cropped back.
     """
 
     def __init__(
@@ -129,7 +129,7 @@ class SlotUNet(nn.Module):
         per_slot_mixture = mixture.unsqueeze(1).expand_as(x)
         h = torch.cat([x, per_slot_mixture], dim=2).reshape((batch * slots, -1, height, width))
         if pad_h or pad_w:
-            h = F.pad(h, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > 1 else "replicate")
+            h = F.pad(h, (0, pad_w, 0, pad_h), mode="replicate")
 
         embedding = self.time_mlp(time_features(t, self.embedding_size))
         embedding = embedding.repeat_interleave(slots, dim=0)

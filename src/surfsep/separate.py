@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from surfsep.data.images import DataError, list_images, read_png, write_png
+from surfsep.data.images import DataError, check_png, list_images, read_png, write_png
 from surfsep.models import load
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None
             if target.exists() and not overwrite:
                 raise FileExistsError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
             planned.append(target)
+
+    # Check every input before writing anything, so a bad file late in the list leaves no partial output.
+    for path, _ in items:
+        check_png(path)
 
     written = []
     for start in range(0, len(items), batch_size):

@@ -23,7 +23,8 @@ from surfsep import __version__
 from surfsep.config import RESUMABLE_CHANGES, TrainConfig, validate_config
 from surfsep.data.images import MixtureSet, ReferenceSet
 from surfsep.methods import Method, StepContext, get_method
-from surfsep.models import atomic_write_bytes, atomic_write_json, load_model, save_model
+from surfsep.files import atomic_write_bytes, atomic_write_json
+from surfsep.models import load_model, save_model
 from surfsep.networks import build_network
 
 logger = logging.getLogger(__name__)
@@ -81,11 +82,21 @@ def model_metadata(config: TrainConfig, method: Method, data_size: int, step: in
     }
 
 
+PATH_FIELDS = ("data", "out", "init", "valid")
+
+
+def same_setting(name: str, saved, current) -> bool:
+    """Compare a saved setting with the current one; paths compare by the folder they name."""
+    if name in PATH_FIELDS and saved and current:
+        return Path(saved).resolve() == Path(current).resolve()
+    return saved == current
+
+
 def check_resume_config(saved: dict, config: TrainConfig, run: Path) -> None:
     differences = [
         f"{name} ({saved.get(name)!r} in the run, {value!r} now)"
         for name, value in config.to_dict().items()
-        if name not in RESUMABLE_CHANGES and saved.get(name) != value
+        if name not in RESUMABLE_CHANGES and not same_setting(name, saved.get(name), value)
     ]
     if differences:
         raise TrainingError(
@@ -193,6 +204,12 @@ def train(config: TrainConfig) -> Path:
     if resuming:
         saved = json.loads((run / "config.json").read_text())
         check_resume_config(saved, config, run)
+        trained = json.loads((run / "model.json").read_text())["training"]["steps"]
+        if trained > config.steps:
+            raise TrainingError(
+                f"{run} has already trained {trained} steps, more than --steps {config.steps}; "
+                f"pass --steps {trained} or more to use or continue it"
+            )
     elif run.exists() and any(path.name not in RUN_START_FILES for path in run.iterdir()):
         raise TrainingError(f"{run} already exists and contains no training state; choose a new --out or remove it")
     elif (run / "metrics.jsonl").exists():
@@ -260,7 +277,11 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         atomic_write_bytes(state_path, buffer.getvalue())
         save_model(run, student, model_metadata(config, method, data_size, step, seconds))
         if teacher is not None:
-            save_model(run / "teacher", teacher, model_metadata(config, method, data_size, step, seconds))
+            # The teacher separates in teacher_steps Euler steps during training; keep that as its default.
+            teacher_metadata = model_metadata(config, method, data_size, step, seconds)
+            teacher_metadata["sampler"]["steps"] = config.teacher_steps
+            teacher_metadata["role"] = "EMA teacher"
+            save_model(run / "teacher", teacher, teacher_metadata)
 
     validator = make_validator(config, method, run) if config.valid and config.valid_every else None
     stop = StopRequest()
@@ -343,11 +364,13 @@ def make_validator(config: TrainConfig, method: Method, run: Path):
     reference_set.names = reference_set.names[:limit]
 
     def validate(step: int, student: nn.Module, teacher: nn.Module | None) -> dict:
-        metadata = model_metadata(config, method, 0, step, 0.0)
         record = {"step": step, "valid_mixtures": limit}
         for role, network in (("student", student), ("teacher", teacher)):
             if network is None:
                 continue
+            metadata = model_metadata(config, method, 0, step, 0.0)
+            if role == "teacher":
+                metadata["sampler"]["steps"] = config.teacher_steps
             network.eval()
             scores = evaluate_separator(Separator(network, metadata), reference_set, seed=config.seed)
             record[f"valid_{role}_psnr"] = float(scores["psnr"].mean())
@@ -355,3 +378,5 @@ def make_validator(config: TrainConfig, method: Method, run: Path):
         logger.info("step %d validation: %s", step, ", ".join(
             f"{key} {value:.3f}" for key, value in record.items() if key.startswith("valid_") and isinstance(value, float)))
         return record
+
+    return validate

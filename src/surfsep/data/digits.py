@@ -55,7 +55,9 @@ def build_digits(out: Path, scale: float = 1.0) -> dict:
     ``scale`` multiplies every split's mixture count (at least 2 per split), for quick tests.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; choose a new folder for the data set")
+    if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; choose a new folder or remove it first")
 
     images, labels = load_mnist5k()

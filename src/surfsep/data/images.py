@@ -11,15 +11,15 @@ evaluation.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from surfsep.files import atomic_path
 
 IMAGE_SUFFIXES = (".png",)
 MIXTURE_FOLDERS = ("mix", "mix_clean")
@@ -28,6 +28,27 @@ REFERENCE_FOLDER = re.compile(r"^s(\d+)$")
 
 class DataError(ValueError):
     """A data folder or file that cannot be used; the message names it and says what to do."""
+
+
+GRAYSCALE_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "1")
+
+
+def check_png(path: Path) -> None:
+    """Raise DataError unless ``path`` is a single-channel PNG; reads the header only."""
+    if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"{path} is not a .png file; surfsep reads PNG images")
+    try:
+        with Image.open(path) as image:
+            mode, image_format = image.mode, image.format
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from error
+    if image_format != "PNG":
+        raise DataError(f"{path} contains {image_format} data, not PNG; convert it to a grayscale PNG")
+    if mode not in GRAYSCALE_MODES:
+        raise DataError(
+            f"image {path} has mode {mode!r}; surfsep separates single-channel images, "
+            f"so convert it to 8- or 16-bit grayscale first"
+        )
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -64,15 +85,8 @@ def write_png(path: Path, image: np.ndarray, bit_depth: int = 16) -> None:
     else:
         pil_image = Image.fromarray(np.round(clipped * 65535.0).astype(np.uint16))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            pil_image.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        pil_image.save(temporary, format="PNG")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -132,13 +146,17 @@ class MixtureSet:
         files = list_images(folder)
         if not files:
             raise DataError(f"no PNG mixtures found in {folder}")
-        for path in files:
-            parent = path.parent
-            if REFERENCE_FOLDER.match(parent.name) and any((parent.parent / name).is_dir() for name in MIXTURE_FOLDERS):
-                raise DataError(
-                    f"{folder} contains reference folders such as {parent}; unsupervised training reads "
-                    f"mixtures only, so pass a split folder such as {parent.parent} (whose mix/ folder is used)"
-                )
+        splits = sorted({
+            path.parent.parent.as_posix()
+            for path in files
+            if REFERENCE_FOLDER.match(path.parent.name)
+            and any((path.parent.parent / name).is_dir() for name in MIXTURE_FOLDERS)
+        })
+        if splits:
+            raise DataError(
+                f"{folder} contains reference folders (sK/) beside mixture folders; unsupervised training reads "
+                f"mixtures only, so pass one split folder, whose mix/ is used: {', '.join(splits)}"
+            )
         names = [path.relative_to(folder).as_posix() for path in files]
         return cls(folder=folder, names=names, mixtures=load_stack(files, f"mixtures in {folder}"))
 
