@@ -1,5 +1,5 @@
 """The demo: build ``digits``, train MixIT, SURF from the MixIT teacher and a supervised flow,
-score all three and the mixture on the test split, and draw a grid of estimates.
+score them, SURF's EMA teacher and the mixture on the test split, and draw a grid of estimates.
 
 A killed demo resumes where it stopped: finished training runs are kept, unfinished ones resume
 from their last checkpoint, and evaluation runs again.
@@ -26,7 +26,7 @@ from surfsep.train import train
 
 logger = logging.getLogger(__name__)
 
-# Step budgets at scale 1, sized to finish the whole demo in about 15 minutes on 2 CPU cores.
+# Step budgets at scale 1: the whole demo took about 14 minutes on 2 CPU cores (docs/benchmarks.md).
 DEMO_STEPS = {"mixit": 1200, "surf": 900, "supervised-flow": 1100}
 GRID_MIXTURES = 8
 GRID_ZOOM = 3

@@ -53,16 +53,14 @@ def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None
     items = collect_inputs(inputs)
     out = Path(out)
 
-    planned = []
     input_paths = {path.resolve() for path, _ in items}
-    for path, name in items:
+    for _, name in items:
         for k in range(separator.sources):
             target = out / f"s{k + 1}" / name
             if target.resolve() in input_paths:
-                raise FileExistsError(f"output {target} would overwrite the input {path}; choose another --out")
+                raise FileExistsError(f"output {target} would overwrite the input of that name; choose another --out")
             if target.exists() and not overwrite:
                 raise FileExistsError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
-            planned.append(target)
 
     # Check every input before writing anything, so a bad file late in the list leaves no partial output.
     for path, _ in items:
