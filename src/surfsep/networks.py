@@ -1,8 +1,8 @@
 """Slot-equivariant networks.
 
 Every network maps ``(x, mixture, t)`` with x of shape (B, K, C, H, W), mixture (B, C, H, W)
-and t (B,) to a velocity of the shape of x. Each slot runs through the same weights; slots
-exchange information only through the mean over slots, so permuting the input slots permutes
+and t (B,) to a velocity of the shape of x. Each slot runs through the same weights, and slots
+exchange information only through the mean over slots. So permuting the input slots permutes
 the output slots, and the same weights run with any K.
 """
 

@@ -27,7 +27,7 @@ REFERENCE_FOLDER = re.compile(r"^s(\d+)$")
 
 
 class DataError(ValueError):
-    """A data folder or file that cannot be used; the message names it and says what to do."""
+    """A data folder or file that cannot be used; the message names it and gives the fix."""
 
 
 GRAYSCALE_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "1")
@@ -90,7 +90,7 @@ def write_png(path: Path, image: np.ndarray, bit_depth: int = 16) -> None:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """All PNG files under ``folder``, recursively, sorted by relative path; hidden files skipped."""
+    """List the PNG files under ``folder``, recursively, sorted by relative path; hidden files are skipped."""
     files = [
         path
         for path in folder.rglob("*")

@@ -1,4 +1,4 @@
-"""What every training method gets per step, and the pieces the teacher-student methods share."""
+"""The per-step inputs of every training method, and the pieces the teacher-student methods share."""
 
 from __future__ import annotations
 
