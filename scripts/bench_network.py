@@ -3,7 +3,7 @@
 Usage: python scripts/bench_network.py [--threads N] [--repeats N]
 Prints a Markdown table (with the machine, PyTorch version and date) to paste into
 docs/benchmarks.md. A training step is forward + backward + Adam on a batch of 64 mixtures
-with 2 slots of 28x28, the demo's shape; the forward pass is the same batch without gradient.
+with 2 slots of 28x28, the demo's shape. The forward pass runs the same batch without gradient.
 """
 
 from __future__ import annotations

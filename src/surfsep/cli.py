@@ -74,14 +74,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the YAML file, then the flags given on the command line."""
+    """Build the config from the defaults, then the YAML file, then the flags given on the command line."""
     values = {}
     if args.config:
         values.update(load_yaml_overrides(args.config))
     for name in config_fields():
-        given = getattr(args, name, None)
-        if given is not None:
-            values[name] = given
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
     return TrainConfig(**values)
 
 

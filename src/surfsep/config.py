@@ -76,7 +76,12 @@ def coerce_setting(name: str, value, source: str):
                 raise ValueError
             return [int(width) for width in widths]
     except (TypeError, ValueError):
-        expected = "an integer" if name in INTEGER_FIELDS else "a number" if name in FLOAT_FIELDS else "a list of integers"
+        if name in INTEGER_FIELDS:
+            expected = "an integer"
+        elif name in FLOAT_FIELDS:
+            expected = "a number"
+        else:
+            expected = "a list of integers"
         raise ValueError(f"{source}: {name} must be {expected}, got {value!r}") from None
     if not isinstance(value, str):
         raise ValueError(f"{source}: {name} must be a string, got {value!r}")

@@ -59,10 +59,8 @@ def ensure_digits(data: Path, data_scale: float) -> None:
 
 def draw_grid(out: Path, models: dict[str, Path], test: Path) -> Path:
     """Draw mixture, references and each method's estimates (best order) for the first test mixtures."""
-    reference_set = ReferenceSet.open(test, 2)
-    reference_set.mixtures = reference_set.mixtures[:GRID_MIXTURES]
-    reference_set.references = reference_set.references[:GRID_MIXTURES]
-    reference_set.names = reference_set.names[:GRID_MIXTURES]
+    reference_set = ReferenceSet.open(test, 2).first(GRID_MIXTURES)
+    rows = len(reference_set)
 
     columns = [("mixture", reference_set.mixtures[:, 0]), ("reference", reference_set.references[:, :, 0])]
     for name, folder in models.items():
@@ -73,12 +71,12 @@ def draw_grid(out: Path, models: dict[str, Path], test: Path) -> Path:
     gap = 6
     header = 18
     widths = [tile if images.dim() == 3 else 2 * tile for _, images in columns]
-    canvas = Image.new("L", (sum(widths) + gap * (len(columns) + 1), header + GRID_MIXTURES * (tile + gap) + gap), 255)
+    canvas = Image.new("L", (sum(widths) + gap * (len(columns) + 1), header + rows * (tile + gap) + gap), 255)
     draw = ImageDraw.Draw(canvas)
     x = gap
     for (label, images), width in zip(columns, widths):
         draw.text((x, 3), label, fill=0)
-        for row in range(GRID_MIXTURES):
+        for row in range(rows):
             stack = images[row] if images.dim() == 4 else images[row].unsqueeze(0)
             tiles = [np.clip(image.double().numpy(), 0, 1) for image in stack]
             pixels = (np.concatenate(tiles, axis=1) * 255).round().astype(np.uint8)

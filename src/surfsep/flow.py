@@ -32,7 +32,7 @@ def start_point(
 ) -> torch.Tensor:
     """Draw ``x0 = (m / K) stacked K times + P_perp z`` with ``z ~ N(0, sigma^2)``.
 
-    The mixture part of x0 is exact and the noise lives only in the zero-sum subspace; the noise
+    The mixture part of x0 is exact, and the noise lives only in the zero-sum subspace. The noise
     is what breaks the symmetry between slots, so sigma must be positive.
     """
     if sigma <= 0:

@@ -72,8 +72,8 @@ class SlotBlock(nn.Module):
 class SlotUNet(nn.Module):
     """A small U-Net run per slot, for single-channel images.
 
-    Per slot the input is the slot's current value and the mixture (2 channels); widths
-    ``channels`` give one resolution level each, halving the size between levels. Inputs whose
+    Per slot the input is the slot's current value and the mixture (2 channels). Each width in
+    ``channels`` is one resolution level, and the size halves between levels. Inputs whose
     sides are not divisible by ``2 ** (levels - 1)`` are padded by edge replication and cropped back.
     """
 

@@ -149,15 +149,15 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint a resumed run starts from."""
     if not path.exists():
         return
-    kept = []
+    kept_lines = []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short when the run was killed
         if record.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+            kept_lines.append(line)
+    atomic_write_bytes(path, ("\n".join(kept_lines) + "\n" if kept_lines else "").encode())
 
 
 def attach_log_file(run: Path) -> tuple[logging.Handler, int]:
@@ -357,11 +357,8 @@ def make_validator(config: TrainConfig, method: Method, run: Path):
     from surfsep.evaluate import evaluate_separator
     from surfsep.models import Separator
 
-    reference_set = ReferenceSet.open(Path(config.valid), config.sources)
-    limit = min(config.valid_limit, len(reference_set))
-    reference_set.mixtures = reference_set.mixtures[:limit]
-    reference_set.references = reference_set.references[:limit]
-    reference_set.names = reference_set.names[:limit]
+    reference_set = ReferenceSet.open(Path(config.valid), config.sources).first(config.valid_limit)
+    limit = len(reference_set)
 
     def validate(step: int, student: nn.Module, teacher: nn.Module | None) -> dict:
         record = {"step": step, "valid_mixtures": limit}

@@ -219,5 +219,10 @@ class ReferenceSet:
             )
         return cls(folder=root, names=names, mixtures=mixtures, references=references)
 
+    def first(self, count: int) -> "ReferenceSet":
+        """Return a view of the first ``count`` mixtures and their references."""
+        return ReferenceSet(folder=self.folder, names=self.names[:count], mixtures=self.mixtures[:count],
+                            references=self.references[:count])
+
     def __len__(self) -> int:
         return len(self.names)

@@ -15,7 +15,7 @@ from surfsep.remix import Remix, constrained_shuffle, free_shuffle, remix
 class StepContext:
     """The models and settings of one training step.
 
-    Mixtures are (B, C, H, W) in the internal convention (the sum of the sources); references,
+    Mixtures are (B, C, H, W) in the internal convention, the sum of the sources. References,
     when the method needs them, are (B, K, C, H, W). ``generator`` draws all of the step's noise.
     """
 
