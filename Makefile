@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean-venv
+.PHONY: demo demo-speech test clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/surfsep demo --out runs/demo
+
+demo-speech: $(STAMP)
+	$(VENV)/bin/surfsep demo speech --out runs/demo-speech
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

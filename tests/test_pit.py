@@ -1,11 +1,12 @@
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from surfsep import pit
 from surfsep.metrics import score_images
-from surfsep.methods.supervised_regression import pit_mse
+from surfsep.methods.base import pit_regression_loss
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(2))) + list(itertools.permutations(range(3))))
@@ -65,4 +66,11 @@ def test_training_pit_and_metric_pick_same_order():
 def test_pit_mse_is_zero_for_permuted_targets():
     targets = torch.rand(4, 3, 1, 5, 5)
     estimates = targets[:, [2, 0, 1]]
-    assert pit_mse(estimates, targets).item() == 0.0
+    assert pit_regression_loss(SimpleNamespace(audio=False), estimates, targets).item() == 0.0
+
+
+def test_pit_snr_reaches_cap_for_permuted_targets():
+    targets = torch.randn(4, 3, 400)
+    estimates = targets[:, [1, 2, 0]]
+    unordered = pit_regression_loss(SimpleNamespace(audio=True), estimates, targets).item()
+    assert unordered == pytest.approx(-30.0, abs=1e-3)

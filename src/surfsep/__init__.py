@@ -2,6 +2,4 @@
 
 __version__ = "0.1.0"
 
-from surfsep.models import Separator, load  # noqa: E402
-
-__all__ = ["Separator", "load", "__version__"]
+from surfsep.models import AudioSeparator, Separator, load  # noqa: E402

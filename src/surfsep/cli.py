@@ -18,10 +18,15 @@ logger = logging.getLogger("surfsep")
 TRAIN_HELP = {
     "method": "training method: surf, mixit, remixit, self-remixing, supervised-flow or supervised-regression",
     "variant": "SURF loss: remixit-flow (default) or self-remixing-flow",
-    "data": "training data: a folder of mixture PNGs, or a split folder with mix/ (and s1/ ... sK/ for supervised methods)",
+    "data": "training data: a folder of mixture PNGs or recordings (WAV, FLAC, OGG, MP3), or a split folder "
+            "with mix/ (and s1/ ... sK/ for supervised methods)",
     "out": "run folder for the model, checkpoints and logs; an existing run there is resumed",
     "sources": "number of sources K per mixture",
-    "mixture": "how the mixture files relate to their sources: 'mean' (the built-in image sets) or 'sum'",
+    "mixture": "how the mixture files relate to their sources: 'mean' or 'sum' "
+               "(default: mean for images, as in the built-in image sets; sum for audio)",
+    "sample_rate": "audio only: rate in Hz that the model runs at; files at other rates are resampled "
+                   "(default: the rate of the training files)",
+    "segment_seconds": "audio only: length in seconds of the random crops trained on (default: 2.0)",
     "steps": "number of optimiser steps to train for",
     "batch_size": "mixtures per optimiser step",
     "learning_rate": "AdamW learning rate after warm-up",
@@ -32,8 +37,9 @@ TRAIN_HELP = {
     "teacher_steps": "Euler steps of the teacher's separation (1 = one-step estimate)",
     "shuffle": "remix shuffle: 'constrained' (no two rows of one mixture meet again) or 'free'",
     "init": "model or run folder to start from; required for surf, remixit and self-remixing (a mixit run)",
-    "network": "network architecture",
-    "channels": "network widths per resolution level, e.g. 16 32 64",
+    "network": "network architecture (default: slot-unet for images, slot-tasnet for audio)",
+    "channels": "network widths: for slot-unet one per resolution level (default 16 32 64); for slot-tasnet "
+                "the filterbank, bottleneck and hidden widths (default 64 64 128)",
     "sampler_steps": "default sampler steps stored with the model (1 for one-step methods, 25 for flows)",
     "seed": "seed of all training randomness",
     "checkpoint_every": "steps between checkpoints (the run resumes from the last one)",
@@ -51,6 +57,11 @@ TRAIN_CHOICES = {
     "network": sorted(NETWORKS),
     "shuffle": ["constrained", "free"],
     "mixture": ["mean", "sum"],
+}
+DATA_SETS = {
+    "digits": "two-digit MNIST image mixtures",
+    "speech": "synthetic two-speaker English speech, 8 kHz (needs pip install surfsep[speech])",
+    "realspeech": "real recorded voices from Debian's asterisk-core-sounds-*-wav packages, 8 kHz",
 }
 
 
@@ -100,35 +111,59 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[common], **kwargs)
 
     data = add_command("data", help="write a built-in data set in the mix/ s1/ s2/ layout")
-    data.add_argument("name", choices=["digits"], help="data set: digits (two-digit MNIST mixtures)")
+    data.add_argument("name", choices=list(DATA_SETS),
+                      help="data set: " + "; ".join(f"{name} ({text})" for name, text in DATA_SETS.items()))
     data.add_argument("--out", type=Path, required=True, help="new folder to write train/, valid/ and test/ into")
-    data.add_argument("--scale", type=float, default=1.0, help="multiply every split's mixture count (for quick trials)")
+    data.add_argument("--scale", type=float, default=1.0,
+                      help="multiply every split's mixture count (default: 1.0; smaller for quick trials)")
+    data.add_argument("--sample-rate", type=int, default=8000, help="speech only: sample rate in Hz, 8000 or 16000 "
+                      "(default: 8000)")
+    data.add_argument("--seed", type=int, default=0, help="speech and realspeech: seed of the draw (default: 0)")
 
     train = add_command("train", help="train a separator")
     add_train_arguments(train)
 
-    separate = add_command("separate", help="separate PNG mixtures into one PNG per source")
+    separate = add_command("separate", help="separate mixture files (PNG or audio) into one file per source")
     separate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
-    separate.add_argument("inputs", type=Path, nargs="+", help="mixture PNG files or folders of them")
+    separate.add_argument("inputs", type=Path, nargs="+",
+                          help="mixture files (PNG for image models; WAV, FLAC, OGG or MP3 for audio models) or folders")
     separate.add_argument("--out", type=Path, required=True, help="folder for s1/ ... sK/ outputs")
     separate.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
-    separate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
-    separate.add_argument("--bit-depth", type=int, choices=[8, 16], default=16, help="bits per pixel of the output PNGs")
+    separate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default: 0)")
+    separate.add_argument("--bit-depth", type=int, choices=[8, 16], default=16,
+                          help="images: bits per pixel of the output PNGs (default: 16)")
+    separate.add_argument("--format", choices=["wav", "flac"], help="audio: output file format (default: wav)")
+    separate.add_argument("--subtype", choices=["PCM_16", "PCM_24", "FLOAT"],
+                          help="audio: sample format of the outputs; FLOAT is WAV only (default: PCM_16)")
+    separate.add_argument("--split-channels", action="store_true",
+                          help="audio: separate every channel on its own (default: downmix to mono first)")
+    separate.add_argument("--chunk-seconds", type=float,
+                          help="audio: length of the chunks separated at once, in seconds (default: 4.0)")
+    separate.add_argument("--overlap-seconds", type=float,
+                          help="audio: overlap between neighbouring chunks, in seconds (default: 1.0)")
+    separate.add_argument("--batch-chunks", type=int, help="audio: chunks per network call (default: 8)")
     separate.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
-    evaluate = add_command("evaluate", help="score a model against references (PSNR, SSIM)")
+    evaluate = add_command("evaluate", help="score a model against references (images: PSNR, SSIM; audio: SI-SDR, "
+                                            "SI-SDRi, SDR, SIR, SAR)")
     evaluate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
     evaluate.add_argument("--data", type=Path, required=True, help="split folder with mix/ and s1/ ... sK/")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for per_file.csv and summary.json")
     evaluate.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default: 0)")
+    evaluate.add_argument("--limit", type=int, help="score only the first N mixtures (default: all)")
+    evaluate.add_argument("--perceptual", action="store_true",
+                          help="audio: add PESQ and STOI (needs pip install surfsep[quality])")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
 
-    demo = add_command("demo", help="build digits, train MixIT, SURF and a supervised flow, compare them")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (resumed when it exists)")
+    demo = add_command("demo", help="build a built-in data set, train MixIT, SURF and a supervised flow, compare them")
+    demo.add_argument("name", nargs="?", choices=["digits", "speech"], default="digits",
+                      help="data set of the demo (default: digits)")
+    demo.add_argument("--out", type=Path,
+                      help="demo folder, resumed when it exists (default: runs/demo, or runs/demo-speech for speech)")
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every training budget (0.1 for a quick look)")
     demo.add_argument("--data-scale", type=float, default=1.0,
-                      help="multiply the digits mixture counts when the data set is first written (for quick trials)")
+                      help="multiply the data set's mixture counts when it is first written (default: 1.0; for quick trials)")
     demo.add_argument("--threads", type=int, help="PyTorch CPU threads")
     return parser
 
@@ -141,15 +176,27 @@ def configure_logging(quiet: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
-def run_command(args: argparse.Namespace) -> int:
-    if args.command == "data":
+def build_data_set(args: argparse.Namespace) -> dict:
+    if args.name == "digits":
         from surfsep.data.digits import build_digits
 
+        return build_digits(args.out, scale=args.scale)
+    if args.name == "speech":
+        from surfsep.data.speech import build_speech
+
+        return build_speech(args.out, sample_rate=args.sample_rate, scale=args.scale, seed=args.seed)
+    from surfsep.data.realspeech import build_realspeech
+
+    return build_realspeech(args.out, scale=args.scale, seed=args.seed)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "data":
         if args.scale <= 0:
             raise ValueError(f"--scale must be positive, got {args.scale}")
-        description = build_digits(args.out, scale=args.scale)
+        description = build_data_set(args)
         counts = ", ".join(f"{split} {info['mixtures']}" for split, info in description["splits"].items())
-        logger.info("wrote digits to %s: %s mixtures", args.out, counts)
+        logger.info("wrote %s to %s: %s mixtures", args.name, args.out, counts)
     elif args.command == "train":
         from surfsep.config import validate_config
         from surfsep.train import train
@@ -163,20 +210,37 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "separate":
         from surfsep.separate import separate_files
 
+        audio_options = {
+            "output_format": args.format, "subtype": args.subtype, "chunk_seconds": args.chunk_seconds,
+            "overlap_seconds": args.overlap_seconds, "batch_chunks": args.batch_chunks,
+            "channels": "split" if args.split_channels else None,
+        }
+        audio_options = {name: value for name, value in audio_options.items() if value is not None}
         written = separate_files(args.model, args.inputs, args.out, steps=args.steps, seed=args.seed,
-                                 overwrite=args.overwrite, bit_depth=args.bit_depth)
+                                 overwrite=args.overwrite, bit_depth=args.bit_depth, **audio_options)
         logger.info("wrote %d files to %s", len(written), args.out)
     elif args.command == "evaluate":
         from surfsep.evaluate import evaluate_model
 
-        evaluate_model(args.model, args.data, args.out, steps=args.steps, seed=args.seed, overwrite=args.overwrite)
+        evaluate_model(args.model, args.data, args.out, steps=args.steps, seed=args.seed, overwrite=args.overwrite,
+                       perceptual=args.perceptual, limit=args.limit)
     elif args.command == "demo":
+        if args.name == "speech":
+            from surfsep.demo_speech import run_speech_demo
+
+            out = args.out or Path("runs/demo-speech")
+            results = run_speech_demo(out, scale=args.scale, threads=args.threads, data_scale=args.data_scale)
+            print(results["table"])
+            print("(SURF's training seconds include the MixIT run it starts from.)")
+            print(f"results: {out / 'results.json'}, separated examples: {results['examples']}")
+            return 0
         from surfsep.demo import run_demo
 
-        results = run_demo(args.out, scale=args.scale, threads=args.threads, data_scale=args.data_scale)
+        out = args.out or Path("runs/demo")
+        results = run_demo(out, scale=args.scale, threads=args.threads, data_scale=args.data_scale)
         print(results["table"])
         print("(SURF's training seconds include the MixIT run it starts from.)")
-        print(f"results: {args.out / 'results.json'}, pictures: {results['grid']}")
+        print(f"results: {out / 'results.json'}, pictures: {results['grid']}")
     return 0
 
 

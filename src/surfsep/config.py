@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -21,7 +21,9 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     sources: int = 2
-    mixture: str = "mean"
+    mixture: str | None = None
+    sample_rate: int | None = None
+    segment_seconds: float | None = None
     steps: int = 2000
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -32,8 +34,8 @@ class TrainConfig:
     teacher_steps: int = 1
     shuffle: str = "constrained"
     init: str | None = None
-    network: str = "slot-unet"
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    network: str | None = None
+    channels: list[int] | None = None
     sampler_steps: int | None = None
     seed: int = 0
     checkpoint_every: int = 200
@@ -51,10 +53,18 @@ def config_fields() -> dict[str, dataclasses.Field]:
     return {item.name: item for item in dataclasses.fields(TrainConfig)}
 
 
-INTEGER_FIELDS = {"sources", "steps", "batch_size", "warmup_steps", "teacher_steps", "sampler_steps", "seed",
+INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps", "teacher_steps", "sampler_steps", "seed",
                   "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads"}
-FLOAT_FIELDS = {"learning_rate", "grad_clip", "sigma", "ema"}
-OPTIONAL_FIELDS = {"variant", "init", "sampler_steps", "valid", "threads"}
+FLOAT_FIELDS = {"segment_seconds", "learning_rate", "grad_clip", "sigma", "ema"}
+OPTIONAL_FIELDS = {"variant", "mixture", "sample_rate", "segment_seconds", "init", "network", "channels",
+                   "sampler_steps", "valid", "threads"}
+
+# Settings left unset (None) take these values for the modality of the training data.
+MODALITY_DEFAULTS = {
+    "image": {"mixture": "mean", "network": "slot-unet"},
+    "audio": {"mixture": "sum", "network": "slot-tasnet", "segment_seconds": 2.0},
+}
+NETWORK_CHANNELS = {"slot-unet": [16, 32, 64], "slot-tasnet": [64, 64, 128]}
 
 
 def coerce_setting(name: str, value, source: str):
@@ -114,10 +124,15 @@ def validate_config(config: TrainConfig) -> None:
         (0.0 <= config.ema < 1.0, f"--ema must be in [0, 1), got {config.ema}"),
         (config.teacher_steps >= 1, f"--teacher-steps must be at least 1, got {config.teacher_steps}"),
         (config.shuffle in ("constrained", "free"), f"--shuffle must be 'constrained' or 'free', got {config.shuffle!r}"),
-        (config.mixture in ("mean", "sum"), f"--mixture must be 'mean' or 'sum', got {config.mixture!r}"),
+        (config.mixture in (None, "mean", "sum"), f"--mixture must be 'mean' or 'sum', got {config.mixture!r}"),
+        (config.sample_rate is None or config.sample_rate >= 1000,
+         f"--sample-rate must be at least 1000 Hz, got {config.sample_rate}"),
+        (config.segment_seconds is None or config.segment_seconds > 0,
+         f"--segment-seconds must be positive, got {config.segment_seconds}"),
         (config.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {config.checkpoint_every}"),
         (config.log_every >= 1, f"--log-every must be at least 1, got {config.log_every}"),
-        (len(config.channels) >= 1 and min(config.channels) >= 1, f"--channels must be positive widths, got {config.channels}"),
+        (config.channels is None or (len(config.channels) >= 1 and min(config.channels) >= 1),
+         f"--channels must be positive widths, got {config.channels}"),
         (config.sampler_steps is None or config.sampler_steps >= 1, f"--sampler-steps must be at least 1, got {config.sampler_steps}"),
         (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
         (config.valid_every >= 0, f"--valid-every must be 0 or more, got {config.valid_every}"),
@@ -134,5 +149,31 @@ def validate_config(config: TrainConfig) -> None:
     from surfsep.networks import NETWORKS
 
     get_method(config.method, config.variant)
-    if config.network not in NETWORKS:
+    if config.network is not None and config.network not in NETWORKS:
         raise ValueError(f"unknown network {config.network!r}; available: {', '.join(sorted(NETWORKS))}")
+    if config.network == "slot-tasnet" and config.channels is not None and len(config.channels) != 3:
+        raise ValueError(
+            f"--channels for slot-tasnet are 3 widths (filterbank, bottleneck, hidden), got {config.channels}"
+        )
+
+
+def resolve_for_modality(config: TrainConfig, modality: str) -> TrainConfig:
+    """Fill the settings left unset with the defaults of ``modality`` ("image" or "audio")."""
+    values = {name: value for name, value in MODALITY_DEFAULTS[modality].items() if getattr(config, name) is None}
+    resolved = dataclasses.replace(config, **values)
+    if resolved.channels is None:
+        resolved = dataclasses.replace(resolved, channels=list(NETWORK_CHANNELS[resolved.network]))
+    if modality == "image" and (resolved.sample_rate is not None or resolved.segment_seconds is not None):
+        raise ValueError("--sample-rate and --segment-seconds apply to audio data; this data set holds images")
+    expected = {"image": "slot-unet", "audio": "slot-tasnet"}[modality]
+    if resolved.network != expected:
+        raise ValueError(f"network {resolved.network} does not take {modality} input; use {expected}")
+    return resolved
+
+
+def network_kwargs(config: TrainConfig) -> dict:
+    """Keyword arguments of the network from the resolved ``channels``."""
+    if config.network == "slot-tasnet":
+        filters, bottleneck, hidden = config.channels
+        return {"filters": filters, "bottleneck": bottleneck, "hidden": hidden}
+    return {"channels": list(config.channels)}

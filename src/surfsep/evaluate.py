@@ -22,7 +22,7 @@ from surfsep import __version__
 from surfsep.data.images import ReferenceSet
 from surfsep.metrics import score_images
 from surfsep.files import atomic_write_bytes, atomic_write_json
-from surfsep.models import Separator, load, resolve_model_folder
+from surfsep.models import AudioSeparator, Separator, load, resolve_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,31 @@ def summarise(values: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate_model(model: Path, data: Path, out: Path, steps: int | None = None, seed: int = 0,
-                   overwrite: bool = False, batch_size: int = 64) -> dict:
-    """Evaluate the model at ``model`` on the split ``data``; writes per_file.csv and summary.json to ``out``."""
+                   overwrite: bool = False, batch_size: int = 64, perceptual: bool = False,
+                   limit: int | None = None) -> dict:
+    """Evaluate the model at ``model`` on the split ``data``; writes per_file.csv and summary.json to ``out``.
+
+    ``perceptual`` adds PESQ and STOI (audio only); ``limit`` scores the first mixtures only.
+    """
     out = Path(out)
     targets = [out / "per_file.csv", out / "summary.json"]
     existing = [path for path in targets if path.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass --overwrite to replace it or choose another --out")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
 
     separator = load(model)
+    if isinstance(separator, AudioSeparator):
+        from surfsep.evaluate_audio import evaluate_audio_model
+
+        return evaluate_audio_model(separator, resolve_model_folder(model), Path(data), out, steps, seed,
+                                    perceptual=perceptual, limit=limit)
+    if perceptual:
+        raise ValueError("--perceptual (PESQ and STOI) applies to audio models; this is an image model")
     reference_set = ReferenceSet.open(Path(data), separator.sources)
+    if limit is not None:
+        reference_set = reference_set.first(limit)
     used_steps = 1 if separator.metadata.get("one_step") else (steps or separator.default_steps)
     logger.info("evaluating %s on %d mixtures of %s with %d sampler step%s", model, len(reference_set), data,
                 used_steps, "" if used_steps == 1 else "s")

@@ -8,6 +8,7 @@ trained. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch import nn
 from surfsep import flow
 from surfsep.files import atomic_path, atomic_write_json
 from surfsep.networks import build_network
+
+logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "surfsep-model"
 MODEL_FORMAT_VERSION = 1
@@ -165,7 +168,134 @@ def noise_generator(seed: int, mixture: torch.Tensor) -> torch.Generator:
     return torch.Generator().manual_seed(int(state >> 1))
 
 
+def resample_waveform(signal: np.ndarray, old_rate: int, new_rate: int, length: int | None = None) -> np.ndarray:
+    """Resample float32 (L,) or (K, L) along the last axis with soxr; then trim or zero-pad to ``length``."""
+    import soxr
+
+    if old_rate != new_rate:
+        logger.info("resampling from %d Hz to %d Hz", old_rate, new_rate)
+        signal = soxr.resample(np.ascontiguousarray(signal.T), old_rate, new_rate, quality="HQ").T
+    signal = np.asarray(signal, dtype=np.float32)
+    if length is not None and signal.shape[-1] != length:
+        fitted = np.zeros(signal.shape[:-1] + (length,), dtype=np.float32)
+        kept = min(length, signal.shape[-1])
+        fitted[..., :kept] = signal[..., :kept]
+        signal = fitted
+    return np.ascontiguousarray(signal)
+
+
+SILENT_RMS = 1e-5
+DEFAULT_CHUNK_SECONDS = 4.0
+DEFAULT_OVERLAP_SECONDS = 1.0
+
+
+class AudioSeparator(Separator):
+    """A trained separator for single-channel audio at the model's ``sample_rate``.
+
+    Waveforms of any length are cut into overlapping chunks, each chunk is scaled to unit RMS
+    (the scale the model was trained at), separated, scaled back and overlap-added with the
+    source order aligned between neighbouring chunks (``surfsep.longform``). The K estimates add
+    up to the mixture.
+    """
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.metadata["sample_rate"])
+
+    def chunk_separator(self, steps: int, seed: int, solver: str):
+        """Return ``separate_chunks``: (N, L) float32 chunks at the model's rate to (N, K, L) estimates."""
+        sigma = float(self.metadata["sigma"])
+
+        @torch.no_grad()
+        def separate_chunks(chunks: torch.Tensor) -> torch.Tensor:
+            chunks = chunks.to(torch.float32)
+            rms = chunks.pow(2).mean(dim=-1).sqrt()
+            silent = rms <= SILENT_RMS
+            scale = torch.where(silent, torch.ones_like(rms), rms)
+            scaled = chunks / scale[:, None]
+            x0 = torch.cat([
+                flow.start_point(item.unsqueeze(0), self.sources, sigma, noise_generator(seed, item)) for item in scaled
+            ])
+            estimates = flow.sample(self.network, scaled, self.sources, steps, sigma, solver=solver, x0=x0)
+            estimates = estimates * scale[:, None, None]
+            # A silent chunk has nothing to separate; every source gets an equal share of it.
+            equal_share = (chunks / self.sources).unsqueeze(1).expand_as(estimates)
+            return torch.where(silent[:, None, None], equal_share, estimates)
+
+        return separate_chunks
+
+    def resolve_sampler(self, steps: int | None, solver: str | None) -> tuple[int, str]:
+        steps = self.default_steps if steps is None else int(steps)
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if self.metadata.get("one_step", False):
+            steps = 1
+        return steps, solver or self.metadata["sampler"].get("solver", "euler")
+
+    @torch.no_grad()
+    def separate(
+        self,
+        mixture,
+        sample_rate: int | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        solver: str | None = None,
+        batch_size: int = 8,
+        channels: str = "mix",
+        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    ) -> torch.Tensor:
+        """Separate a waveform (L,) or (C, L) at ``sample_rate`` Hz; returns (K, L), or (C, K, L) for ``channels="split"``.
+
+        Multi-channel input is downmixed to mono by the channel mean (``channels="mix"``) or
+        separated channel by channel (``"split"``). Input at another rate than the model's is
+        resampled to it (soxr) and the estimates resampled back, so they have the input's rate and
+        length. ``batch_size`` chunks of ``chunk_seconds`` run per network call.
+        """
+        from surfsep import longform
+
+        if sample_rate is None or isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0:
+            raise ValueError(f"pass the waveform's sample_rate in Hz (this model runs at {self.sample_rate}); "
+                             f"got {sample_rate!r}")
+        if channels not in ("mix", "split"):
+            raise ValueError(f"channels must be 'mix' or 'split', got {channels!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        waveform = torch.as_tensor(np.asarray(mixture) if not torch.is_tensor(mixture) else mixture)
+        if not waveform.is_floating_point():
+            raise ValueError(f"the waveform must be floating point in [-1, 1], got {waveform.dtype}; "
+                             f"divide 16-bit samples by 32768")
+        if waveform.dim() == 1:
+            waveform = waveform.unsqueeze(0)
+        if waveform.dim() != 2:
+            raise ValueError(f"expected a waveform of shape (L,) or (C, L), got {tuple(waveform.shape)}")
+        if waveform.shape[-1] == 0 or waveform.shape[0] == 0:
+            raise ValueError(f"the waveform is empty: shape {tuple(waveform.shape)}")
+        if not torch.isfinite(waveform).all():
+            raise ValueError("the waveform contains NaN or infinite values")
+
+        steps, solver = self.resolve_sampler(steps, solver)
+        chunk_frames = int(round(chunk_seconds * self.sample_rate))
+        overlap_frames = int(round(overlap_seconds * self.sample_rate))
+        if chunk_frames < 1 or not 0 <= overlap_frames < chunk_frames:
+            raise ValueError(f"need chunk_seconds > overlap_seconds >= 0, got {chunk_seconds} and {overlap_seconds}")
+        separate_chunks = self.chunk_separator(steps, seed, solver)
+
+        waveform = waveform.to(torch.float32)
+        signals = waveform.mean(dim=0, keepdim=True) if channels == "mix" else waveform
+        results = []
+        for signal in signals:
+            at_model_rate = resample_waveform(signal.numpy(), int(sample_rate), self.sample_rate)
+            estimates = longform.separate_waveform(separate_chunks, torch.from_numpy(at_model_rate), chunk_frames,
+                                                   overlap_frames, batch_size, self.sources)
+            back = resample_waveform(estimates.numpy(), self.sample_rate, int(sample_rate), length=signal.shape[-1])
+            results.append(torch.from_numpy(back))
+        return results[0] if channels == "mix" else torch.stack(results)
+
+
 def load(path: str | Path) -> Separator:
-    """Load a model folder written by ``surfsep train`` as a ``Separator``."""
+    """Load a model folder written by ``surfsep train`` as a ``Separator`` (``AudioSeparator`` for audio)."""
     network, metadata = load_model(Path(path))
+    if metadata.get("modality", "image") == "audio":
+        return AudioSeparator(network=network, metadata=metadata)
     return Separator(network=network, metadata=metadata)

@@ -1,9 +1,10 @@
 """Slot-equivariant networks.
 
-Every network maps ``(x, mixture, t)`` with x of shape (B, K, C, H, W), mixture (B, C, H, W)
-and t (B,) to a velocity of the shape of x. Each slot runs through the same weights, and slots
-exchange information only through the mean over slots. So permuting the input slots permutes
-the output slots, and the same weights run with any K.
+Every network maps ``(x, mixture, t)`` to a velocity of the shape of x, with t (B,). For images
+x is (B, K, C, H, W) and the mixture (B, C, H, W); for audio x is (B, K, L) and the mixture
+(B, L). Each slot runs through the same weights, and slots exchange information only through
+the mean over slots. So permuting the input slots permutes the output slots, and the same
+weights run with any K.
 """
 
 from __future__ import annotations
@@ -151,13 +152,110 @@ class SlotUNet(nn.Module):
         return out.reshape(x.shape)
 
 
-NETWORKS = {"slot-unet": SlotUNet}
+class SlotTCNBlock(nn.Module):
+    """One dilated depthwise-separable convolution block of a TCN, run per slot.
+
+    1x1 convolution to ``hidden`` channels, FiLM from the time embedding, a slot-mean exchange,
+    a dilated depthwise convolution and a 1x1 convolution back, added to the input.
+    """
+
+    def __init__(self, channels: int, hidden: int, kernel: int, dilation: int, embedding_size: int):
+        super().__init__()
+        self.expand = nn.Conv1d(channels, hidden, 1)
+        self.norm_in = nn.GroupNorm(1, hidden)
+        self.film = nn.Linear(embedding_size, 2 * hidden)
+        self.exchange = nn.Conv1d(hidden, hidden, 1)
+        self.depthwise = nn.Conv1d(hidden, hidden, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2,
+                                   groups=hidden)
+        self.norm_out = nn.GroupNorm(1, hidden)
+        self.project = nn.Conv1d(hidden, channels, 1)
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor, slots: int) -> torch.Tensor:
+        # h: (B*K, channels, frames) with the K slots of one example adjacent; embedding: (B*K, E)
+        out = self.norm_in(self.expand(h))
+        scale, shift = self.film(embedding).unsqueeze(-1).chunk(2, dim=1)
+        out = F.silu(out * (1 + scale) + shift)
+
+        grouped = out.reshape((-1, slots) + tuple(out.shape[1:]))
+        out = (grouped + self.exchange(grouped.mean(dim=1)).unsqueeze(1)).reshape(out.shape)
+
+        out = F.silu(self.norm_out(self.depthwise(out)))
+        return h + self.project(out)
+
+
+class SlotTasNet(nn.Module):
+    """A Conv-TasNet-like waveform network run per slot, for single-channel audio.
+
+    A learned filterbank (a strided 1-D convolution of ``filters`` channels, ``kernel`` samples
+    long with 50% overlap) encodes the slot's current waveform and the mixture; their sum goes
+    through a TCN of ``repeats`` stacks of ``blocks`` dilated blocks (dilations 1, 2, 4, ...),
+    and a transposed convolution decodes the velocity waveform. Inputs of any length are padded
+    at the end to a multiple of the stride and cropped back.
+    """
+
+    def __init__(
+        self,
+        filters: int = 64,
+        bottleneck: int = 64,
+        hidden: int = 128,
+        blocks: int = 6,
+        repeats: int = 2,
+        kernel: int = 16,
+        tcn_kernel: int = 3,
+        embedding_size: int = 64,
+    ):
+        super().__init__()
+        if kernel < 2 or kernel % 2:
+            raise ValueError(f"kernel must be an even number of samples of at least 2, got {kernel}")
+        if min(filters, bottleneck, hidden, blocks, repeats) < 1:
+            raise ValueError("filters, bottleneck, hidden, blocks and repeats must be at least 1")
+        self.config = {"filters": filters, "bottleneck": bottleneck, "hidden": hidden, "blocks": blocks,
+                       "repeats": repeats, "kernel": kernel, "tcn_kernel": tcn_kernel,
+                       "embedding_size": embedding_size}
+        self.stride = kernel // 2
+        self.embedding_size = embedding_size
+        self.time_mlp = nn.Sequential(
+            nn.Linear(embedding_size, embedding_size), nn.SiLU(), nn.Linear(embedding_size, embedding_size)
+        )
+        self.encode_slot = nn.Conv1d(1, filters, kernel, stride=self.stride, bias=False)
+        self.encode_mixture = nn.Conv1d(1, filters, kernel, stride=self.stride, bias=False)
+        self.norm = nn.GroupNorm(1, filters)
+        self.bottleneck = nn.Conv1d(filters, bottleneck, 1)
+        self.blocks = nn.ModuleList(
+            SlotTCNBlock(bottleneck, hidden, tcn_kernel, 2**index, embedding_size)
+            for _ in range(repeats) for index in range(blocks)
+        )
+        self.head = nn.Conv1d(bottleneck, filters, 1)
+        self.decode = nn.ConvTranspose1d(filters, 1, kernel, stride=self.stride, bias=False)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor, mixture: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        batch, slots, length = x.shape
+        # Pad so that the frames cover every sample and the decoder returns at least ``length``.
+        padded = max(length, self.stride * 2)
+        padded += (-padded) % self.stride
+        padding = padded - length + self.stride
+        x_padded = F.pad(x.reshape(batch * slots, 1, length), (0, padding))
+        mixture_padded = F.pad(mixture.reshape(batch, 1, length), (0, padding))
+
+        embedding = self.time_mlp(time_features(t, self.embedding_size)).repeat_interleave(slots, dim=0)
+        mixture_code = self.encode_mixture(mixture_padded).repeat_interleave(slots, dim=0)
+        h = self.bottleneck(self.norm(self.encode_slot(x_padded) + mixture_code))
+        for block in self.blocks:
+            h = block(h, embedding, slots)
+
+        out = self.decode(self.head(h))
+        return out[..., :length].reshape(batch, slots, length)
+
+
+NETWORKS = {"slot-unet": SlotUNet, "slot-tasnet": SlotTasNet}
 
 
 def build_network(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """Instantiate a registered network from its name and keyword arguments (as stored in model.json)."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; available: {', '.join(sorted(NETWORKS))}")
-    if "channels" in kwargs:
+    if name == "slot-unet" and "channels" in kwargs:
         kwargs = dict(kwargs, channels=tuple(kwargs["channels"]))
     return NETWORKS[name](**kwargs)

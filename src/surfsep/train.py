@@ -7,6 +7,7 @@ All randomness of step n (batch order, noise, t, shuffles) comes from generators
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from surfsep import __version__
-from surfsep.config import RESUMABLE_CHANGES, TrainConfig, validate_config
+from surfsep.config import RESUMABLE_CHANGES, TrainConfig, network_kwargs, resolve_for_modality, validate_config
+from surfsep.data.audio_sets import AudioCrops, AudioMixtureSet, AudioReferenceSet, common_sample_rate, detect_modality
 from surfsep.data.images import MixtureSet, ReferenceSet
 from surfsep.methods import Method, StepContext, get_method
 from surfsep.files import atomic_write_bytes, atomic_write_json
@@ -58,10 +60,11 @@ def default_sampler_steps(method: Method) -> int:
 
 def model_metadata(config: TrainConfig, method: Method, data_size: int, step: int, seconds: float) -> dict:
     """Build the model.json fields other than the format and the network kwargs."""
-    return {
+    audio = config.sample_rate is not None
+    metadata = {
         "surfsep_version": __version__,
         "network": {"name": config.network},
-        "modality": "image",
+        "modality": "audio" if audio else "image",
         "sources": config.sources,
         "mixture": config.mixture,
         "method": method.name,
@@ -80,6 +83,11 @@ def model_metadata(config: TrainConfig, method: Method, data_size: int, step: in
             "init": config.init,
         },
     }
+    if audio:
+        metadata["sample_rate"] = config.sample_rate
+        metadata["normalisation"] = "unit-rms"
+        metadata["training"]["segment_seconds"] = config.segment_seconds
+    return metadata
 
 
 PATH_FIELDS = ("data", "out", "init", "valid")
@@ -105,13 +113,44 @@ def check_resume_config(saved: dict, config: TrainConfig, run: Path) -> None:
         )
 
 
-def load_training_data(config: TrainConfig, method: Method) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mixtures (N, 1, H, W) in the internal sum convention, and references when the method needs them."""
+class ImageTensors:
+    """Training images held in memory: mixtures (N, 1, H, W) in the sum convention, references (N, K, 1, H, W)."""
+
+    def __init__(self, mixtures: torch.Tensor, references: torch.Tensor | None):
+        self.mixtures = mixtures
+        self.references = references
+
+    def __len__(self) -> int:
+        return self.mixtures.shape[0]
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.mixtures[index], None if self.references is None else self.references[index]
+
+
+def resolve_data_settings(config: TrainConfig) -> TrainConfig:
+    """Fill the settings that depend on the training data: modality defaults and the audio sample rate."""
+    modality = detect_modality(Path(config.data))
+    config = resolve_for_modality(config, modality)
+    if modality == "audio" and config.sample_rate is None:
+        entries = AudioMixtureSet.open(Path(config.data)).entries
+        config = dataclasses.replace(config, sample_rate=common_sample_rate(entries, Path(config.data)))
+    return config
+
+
+def load_training_data(config: TrainConfig, method: Method) -> ImageTensors | AudioCrops:
+    """The training set as an object whose ``batch(index, generator)`` returns mixtures and references."""
+    if config.sample_rate is not None:
+        if method.needs_references:
+            reference_set = AudioReferenceSet.open(Path(config.data), config.sources)
+            return AudioCrops(reference_set.mixtures, reference_set.references, config.sample_rate,
+                              config.segment_seconds)
+        return AudioCrops(AudioMixtureSet.open(Path(config.data)).entries, None, config.sample_rate,
+                          config.segment_seconds)
     scale = float(config.sources) if config.mixture == "mean" else 1.0
     if method.needs_references:
         reference_set = ReferenceSet.open(Path(config.data), config.sources)
-        return reference_set.mixtures * scale, reference_set.references
-    return MixtureSet.open(Path(config.data)).mixtures * scale, None
+        return ImageTensors(reference_set.mixtures * scale, reference_set.references)
+    return ImageTensors(MixtureSet.open(Path(config.data)).mixtures * scale, None)
 
 
 def build_student(config: TrainConfig, method: Method) -> nn.Module:
@@ -119,10 +158,17 @@ def build_student(config: TrainConfig, method: Method) -> nn.Module:
         network, metadata = load_model(Path(config.init))
         logger.info("initialising from %s (method %s, %s steps)", config.init, metadata.get("method"),
                     metadata.get("training", {}).get("steps"))
-        if metadata["network"]["name"] != config.network or list(network.config["channels"]) != list(config.channels):
+        wanted = network_kwargs(config)
+        found = {name: network.config.get(name) for name in wanted}
+        if metadata["network"]["name"] != config.network or found != wanted:
             raise TrainingError(
-                f"--init {config.init} has network {metadata['network']['name']} with channels "
-                f"{network.config['channels']}, but this run asks for {config.network} with {config.channels}"
+                f"--init {config.init} has network {metadata['network']['name']} with {found}, "
+                f"but this run asks for {config.network} with {wanted}; pass matching --network and --channels"
+            )
+        if metadata.get("sample_rate") != config.sample_rate:
+            raise TrainingError(
+                f"--init {config.init} was trained at sample rate {metadata.get('sample_rate')}, "
+                f"but this run uses {config.sample_rate}; pass --sample-rate {metadata.get('sample_rate')}"
             )
         network.train()
         return network
@@ -132,7 +178,7 @@ def build_student(config: TrainConfig, method: Method) -> nn.Module:
             f"with a mixit run (train one with `surfsep train --method mixit`)"
         )
     torch.manual_seed(config.seed)
-    return build_network(config.network, {"channels": config.channels})
+    return build_network(config.network, network_kwargs(config))
 
 
 def ema_update(teacher: nn.Module, student: nn.Module, rate: float) -> None:
@@ -196,6 +242,7 @@ class StopRequest:
 def train(config: TrainConfig) -> Path:
     """Run (or resume) training as configured; returns the run folder holding model.json."""
     validate_config(config)
+    config = resolve_data_settings(config)
     method = get_method(config.method, config.variant)
     run = Path(config.out)
     state_path = run / STATE_FILE
@@ -230,8 +277,8 @@ def train(config: TrainConfig) -> Path:
 def run_training(config: TrainConfig, method: Method, run: Path, state_path: Path, resuming: bool) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
-    mixtures, references = load_training_data(config, method)
-    data_size = mixtures.shape[0]
+    data = load_training_data(config, method)
+    data_size = len(data)
     if data_size < config.batch_size:
         raise TrainingError(f"{config.data} contains {data_size} mixtures, fewer than --batch-size {config.batch_size}")
     if method.needs_teacher and config.shuffle == "constrained" and config.batch_size < config.sources:
@@ -296,10 +343,11 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             context = StepContext(
                 student=student, teacher=teacher, sources=config.sources, sigma=config.sigma,
                 generator=seeded_generator(config.seed, 2, step), teacher_steps=config.teacher_steps,
-                shuffle=config.shuffle,
+                shuffle=config.shuffle, audio=config.sample_rate is not None,
             )
+            mixtures, references = data.batch(index, seeded_generator(config.seed, 3, step))
 
-            loss = method.loss(context, mixtures[index], references[index] if references is not None else None)
+            loss = method.loss(context, mixtures, references)
 
             optimizer.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
@@ -354,6 +402,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
 
 def make_validator(config: TrainConfig, method: Method, run: Path):
     """Return a function that scores the student (and teacher) on the references of ``config.valid``."""
+    if config.sample_rate is not None:
+        return make_audio_validator(config, method)
     from surfsep.evaluate import evaluate_separator
     from surfsep.models import Separator
 
@@ -372,6 +422,31 @@ def make_validator(config: TrainConfig, method: Method, run: Path):
             scores = evaluate_separator(Separator(network, metadata), reference_set, seed=config.seed)
             record[f"valid_{role}_psnr"] = float(scores["psnr"].mean())
             record[f"valid_{role}_ssim"] = float(scores["ssim"].mean())
+        logger.info("step %d validation: %s", step, ", ".join(
+            f"{key} {value:.3f}" for key, value in record.items() if key.startswith("valid_") and isinstance(value, float)))
+        return record
+
+    return validate
+
+
+def make_audio_validator(config: TrainConfig, method: Method):
+    """Like ``make_validator``, for audio: mean SI-SDRi of the student (and teacher) on ``config.valid``."""
+    from surfsep.evaluate_audio import evaluate_audio_separator
+    from surfsep.models import AudioSeparator
+
+    reference_set = AudioReferenceSet.open(Path(config.valid), config.sources).first(config.valid_limit)
+
+    def validate(step: int, student: nn.Module, teacher: nn.Module | None) -> dict:
+        record = {"step": step, "valid_mixtures": len(reference_set)}
+        for role, network in (("student", student), ("teacher", teacher)):
+            if network is None:
+                continue
+            metadata = model_metadata(config, method, 0, step, 0.0)
+            if role == "teacher":
+                metadata["sampler"]["steps"] = config.teacher_steps
+            network.eval()
+            rows = evaluate_audio_separator(AudioSeparator(network, metadata), reference_set, seed=config.seed, bss=False)
+            record[f"valid_{role}_si_sdri"] = float(np.nanmean([row["si_sdri"] for row in rows]))
         logger.info("step %d validation: %s", step, ", ".join(
             f"{key} {value:.3f}" for key, value in record.items() if key.startswith("valid_") and isinstance(value, float)))
         return record

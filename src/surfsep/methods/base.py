@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from surfsep import flow
+from surfsep.audio_metrics import pairwise_thresholded_snr, thresholded_snr_loss
+from surfsep.pit import apply_permutation, best_permutation, pairwise_mse
 from surfsep.remix import Remix, constrained_shuffle, free_shuffle, remix
 
 
@@ -15,8 +17,10 @@ from surfsep.remix import Remix, constrained_shuffle, free_shuffle, remix
 class StepContext:
     """The models and settings of one training step.
 
-    Mixtures are (B, C, H, W) in the internal convention, the sum of the sources. References,
-    when the method needs them, are (B, K, C, H, W). ``generator`` draws all of the step's noise.
+    Mixtures are (B, C, H, W) images or (B, L) audio in the internal convention, the sum of the
+    sources. References, when the method needs them, are (B, K, C, H, W) or (B, K, L).
+    ``generator`` draws all of the step's noise. ``audio`` selects the regression loss: the
+    thresholded SNR (30 dB cap) for audio, the MSE for images.
     """
 
     student: nn.Module
@@ -26,6 +30,7 @@ class StepContext:
     generator: torch.Generator
     teacher_steps: int = 1
     shuffle: str = "constrained"
+    audio: bool = False
     logs: dict = field(default_factory=dict)
 
 
@@ -69,3 +74,28 @@ def undo_permutation(aligned: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """Inverse of ``apply_permutation``: put slot j of ``aligned`` back at slot ``perm[:, j]``."""
     index = perm.reshape(perm.shape + (1,) * (aligned.dim() - 2)).expand_as(aligned)
     return torch.zeros_like(aligned).scatter(1, index, aligned)
+
+
+def regression_loss(context: StepContext, estimates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss of estimates against targets of the same shape and order (B, ...): SNR for audio, MSE for images."""
+    if context.audio:
+        return thresholded_snr_loss(estimates, targets).mean()
+    return (estimates - targets).pow(2).mean()
+
+
+def target_order(context: StepContext, estimates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """PIT order (B, K) of the targets: target ``perm[:, j]`` goes with estimate slot j, minimising the loss.
+
+    The thresholded SNR is not symmetric, so the cost is always the loss of an estimate against a target.
+    """
+    if context.audio:
+        cost = pairwise_thresholded_snr(estimates, targets)  # [b, i, j]: estimate i against target j
+    else:
+        cost = pairwise_mse(estimates, targets)
+    return best_permutation(cost.transpose(1, 2))
+
+
+def pit_regression_loss(context: StepContext, estimates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Regression loss of estimates (B, K, ...) against targets under each example's best target order."""
+    perm = target_order(context, estimates, targets)
+    return regression_loss(context, estimates, apply_permutation(targets, perm))

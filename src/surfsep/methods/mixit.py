@@ -2,7 +2,8 @@
 
 Pairs of observed mixtures are summed into mixtures of mixtures (MoMs), and the network separates
 each MoM into 2K slots in one-step mode. Every slot is then assigned to one of the two mixtures by
-the assignment, out of 2^(2K), with the lowest loss. The loss is the MSE, as suits images.
+the assignment, out of 2^(2K), with the lowest loss. The loss is the MSE for images and the
+thresholded SNR (30 dB cap) for audio.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 
 import torch
 
+from surfsep.audio_metrics import thresholded_snr_loss
 from surfsep.flow import one_step_estimate
 from surfsep.methods.base import Method, StepContext
 
@@ -21,17 +23,23 @@ def assignment_matrices(slots: int, device: torch.device | None = None) -> torch
     return torch.stack([1 - choices, choices], dim=1)
 
 
-def mixit_loss(estimates: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best-assignment MSE of slot estimates (B, M, ...) against two mixtures (B, ...) each.
+def mixit_loss(
+    estimates: torch.Tensor, first: torch.Tensor, second: torch.Tensor, audio: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best-assignment loss of slot estimates (B, M, ...) against two mixtures (B, ...) each.
 
-    Returns the mean loss and the chosen assignment index (B,) into ``assignment_matrices(M)``.
+    The loss of one assignment is the MSE over both mixtures, or for ``audio`` the mean over the
+    two mixtures of the thresholded SNR loss. Returns the mean loss and the chosen assignment index (B,) into ``assignment_matrices(M)``.
     """
     batch, slots = estimates.shape[:2]
     matrices = assignment_matrices(slots, estimates.device).to(estimates.dtype)  # (A, 2, M)
     flat = estimates.reshape(batch, slots, -1)
     remixed = torch.einsum("aim,bmd->baid", matrices, flat)  # (B, A, 2, D)
     targets = torch.stack([first.reshape(batch, -1), second.reshape(batch, -1)], dim=1).unsqueeze(1)
-    per_assignment = (remixed - targets).pow(2).mean(dim=(2, 3))  # (B, A)
+    if audio:
+        per_assignment = thresholded_snr_loss(remixed, targets).mean(dim=2)  # (B, A)
+    else:
+        per_assignment = (remixed - targets).pow(2).mean(dim=(2, 3))
     best = per_assignment.detach().argmin(dim=1)
     return per_assignment.gather(1, best.unsqueeze(1)).mean(), best
 
@@ -50,5 +58,5 @@ class MixIT(Method):
         estimates = one_step_estimate(
             context.student, mixture_of_mixtures, 2 * context.sources, context.sigma, context.generator
         )
-        loss, _ = mixit_loss(estimates, first, second)
+        loss, _ = mixit_loss(estimates, first, second, audio=context.audio)
         return loss

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from surfsep.flow import one_step_estimate
-from surfsep.methods.base import Method, StepContext, remix_teacher_estimates
-from surfsep.methods.supervised_regression import pit_mse
+from surfsep.methods.base import Method, StepContext, pit_regression_loss, remix_teacher_estimates
 
 
 class RemixIT(Method):
@@ -19,4 +18,4 @@ class RemixIT(Method):
         estimates = one_step_estimate(
             context.student, remixed.mixtures, context.sources, context.sigma, context.generator
         )
-        return pit_mse(estimates, remixed.sources)
+        return pit_regression_loss(context, estimates, remixed.sources)

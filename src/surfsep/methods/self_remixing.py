@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from surfsep.flow import one_step_estimate
-from surfsep.methods.base import Method, StepContext, remix_teacher_estimates, undo_permutation
-from surfsep.pit import best_permutation, pairwise_mse
+from surfsep.methods.base import (
+    Method, StepContext, regression_loss, remix_teacher_estimates, target_order, undo_permutation,
+)
 from surfsep.remix import unremix
 
 
@@ -34,6 +35,6 @@ class SelfRemixing(Method):
             context.student, remixed.mixtures, context.sources, context.sigma, context.generator
         )
         # perm[:, j] is the shuffled teacher row that student slot j matches.
-        perm = best_permutation(pairwise_mse(remixed.sources, estimates))
+        perm = target_order(context, estimates, remixed.sources)
         resummed = resum_to_observed(estimates, perm, remixed.source_index)
-        return (resummed - mixtures).pow(2).mean()
+        return regression_loss(context, resummed, mixtures)
