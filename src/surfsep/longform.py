@@ -225,14 +225,15 @@ def separate_waveform(separate_chunks: SeparateChunks, waveform: torch.Tensor, c
 def separate_file(separate_chunks: SeparateChunks, input_path: Path, outputs: list[Path], model_rate: int,
                   chunk_seconds: float, overlap_seconds: float, batch_chunks: int, channels: str = "mix",
                   subtype: str | None = None) -> list[Path]:
-    """Separate an audio file of any length into one file per source, at the model's rate ``model_rate``.
+    """Separate an audio file of any length into one file per source, at the input's rate and length.
 
-    The input is streamed with ``iter_audio`` and resampled to ``model_rate``. The outputs stay at
-    ``model_rate`` too: the estimates carry nothing above ``model_rate / 2``, and a second resampling
-    would add its own error. ``channels="mix"`` separates the channel mean; ``"split"`` separates every
-    channel on its own, and each output keeps the input's channel count. All K outputs are written to
-    temporary files and renamed only after the whole input has been separated. Existing files at the
-    output paths are replaced at that point. ``subtype`` is as in ``write_audio``. Returns ``outputs``.
+    The input is streamed with ``iter_audio`` and resampled to ``model_rate``; the estimates are
+    resampled back to the input's rate as a stream too, so every output has the input's frame
+    count. (Estimates of an input above the model's rate carry nothing above ``model_rate / 2``.)
+    ``channels="mix"`` separates the channel mean; ``"split"`` separates every channel on its own,
+    and each output keeps the input's channel count. All K outputs are written to temporary files
+    and renamed only after the whole input has been separated; existing files at the output paths
+    are replaced then. ``subtype`` is as in ``write_audio``. Returns ``outputs``.
     """
     check_channel_mode(channels)
     info = audio_info(input_path)
@@ -262,10 +263,16 @@ def separate_file(separate_chunks: SeparateChunks, input_path: Path, outputs: li
     ]
     blocks = iter_audio(info.path, chunk_frames, model_rate, channels)
     with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(AudioWriter(path, model_rate, output_channels, subtype)) for path in outputs]
+        writers = [
+            RateRestoringWriter(stack.enter_context(AudioWriter(path, info.sample_rate, output_channels, subtype)),
+                                model_rate, info.sample_rate, output_channels, info.frames)
+            for path in outputs
+        ]
         for block in blocks:
             write_sources(writers, [separator.push(samples) for separator, samples in zip(separators, block)])
         write_sources(writers, [separator.finish() for separator in separators])
+        for writer in writers:
+            writer.finish()
 
     if info.duration > LOG_LONGER_THAN_SECONDS:
         logger.info("separated %s (%.1f s, %d channel(s)) in %d chunks of %d frames at %d Hz in %.1f s",
@@ -274,7 +281,44 @@ def separate_file(separate_chunks: SeparateChunks, input_path: Path, outputs: li
     return outputs
 
 
-def write_sources(writers: list[AudioWriter], channel_outputs: list[np.ndarray]) -> None:
+class RateRestoringWriter:
+    """Resample (C, n) blocks from the model's rate to the file's rate as a stream and write exactly ``frames``.
+
+    soxr's streamed length can differ from the input's by a frame, so the end is trimmed or zero-padded.
+    """
+
+    def __init__(self, writer: AudioWriter, model_rate: int, file_rate: int, channels: int, frames: int):
+        import soxr
+
+        self.writer = writer
+        self.channels = channels
+        self.frames = frames
+        self.written = 0
+        self.resampler = None
+        if model_rate != file_rate:
+            self.resampler = soxr.ResampleStream(model_rate, file_rate, channels, dtype="float32", quality="HQ")
+
+    def write(self, block: np.ndarray) -> None:
+        if self.resampler is not None:
+            block = self.resampler.resample_chunk(np.ascontiguousarray(block.T), last=False).T
+        self.write_at_most(block)
+
+    def write_at_most(self, block: np.ndarray) -> None:
+        block = block[:, :max(self.frames - self.written, 0)]
+        if block.shape[1]:
+            self.writer.write(block)
+            self.written += block.shape[1]
+
+    def finish(self) -> None:
+        if self.resampler is not None:
+            rest = self.resampler.resample_chunk(np.zeros((0, self.channels), dtype=np.float32), last=True).T
+            self.write_at_most(rest)
+        if self.written < self.frames:
+            self.writer.write(np.zeros((self.channels, self.frames - self.written), dtype=np.float32))
+            self.written = self.frames
+
+
+def write_sources(writers: list["RateRestoringWriter"], channel_outputs: list[np.ndarray]) -> None:
     """Write per-channel (K, n) outputs as one (C, n) block to each source's writer."""
     stacked = np.stack(channel_outputs)  # (C, K, n)
     if stacked.shape[2] == 0:

@@ -109,7 +109,7 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
                          overlap_seconds: float = DEFAULT_OVERLAP_SECONDS, batch_chunks: int = 8) -> list[Path]:
     """Separate audio files of any length, streaming each through the model in overlapping chunks.
 
-    Outputs are written at the model's sample rate, as ``output_format`` ("wav" or "flac") files.
+    Outputs have the input's sample rate and length, as ``output_format`` ("wav" or "flac") files.
     """
     from surfsep import longform
 
