@@ -9,7 +9,7 @@ Voices. The 15 voices of ``LOADER_VOICES`` come from the libespeak-ng (1.52) tha
 ``espeakng-loader`` bundles. Each combines an English dialect with its own espeak-ng variant
 plus its own pitch, pitch range and rate settings. No two voices share a variant: a formant
 variant scales the formant frequencies and sets the pitch range, and a Klatt variant switches
-to the Klatt synthesiser with its own voicing source. Each voice's ``distinct`` field describes
+to espeak-ng's Klatt synthesiser with its own ``klatt`` setting. Each voice's ``distinct`` field describes
 what sets it apart. Their median F0, measured on an 8 kHz build, ranges from about 95 to 250 Hz.
 The 8 female and 7 male (formant or Klatt) voices are spread over the splits as train 4 + 4,
 valid 2 + 1 and test 2 + 2. When they are installed, Debian's ``espeak-ng`` (1.51, other
@@ -115,7 +115,7 @@ LOADER_VOICES = (
     loader_voice("train", "en-029", "f2", 45, 50, 150,
                  "female variant f2 (142-220 Hz, breathy, echo), Caribbean English"),
     loader_voice("train", "en-us", "klatt", 60, 55, 175,
-                 "Klatt synthesiser, voicing source 1, high pitch setting, US English"),
+                 "Klatt synthesiser (klatt 1), high pitch setting, US English"),
     loader_voice("train", "en-gb-x-rp", "m7", 35, 45, 155,
                  "male variant m7 (75-125 Hz, damped upper formants), Received Pronunciation"),
     loader_voice("train", "en-us-nyc", "f4", 60, 60, 180,
@@ -133,7 +133,7 @@ LOADER_VOICES = (
     loader_voice("test", "en-us", "f3", 45, 55, 160,
                  "female variant f3 (140-240 Hz, formants 20-35% high), US English"),
     loader_voice("test", "en-gb-scotland", "klatt4", 65, 45, 165,
-                 "Klatt synthesiser, voicing source 4, high pitch setting, Scottish English"),
+                 "Klatt synthesiser (klatt 4), high pitch setting, Scottish English"),
     loader_voice("test", "en-029", "linda", 45, 50, 155,
                  "female variant linda (200-247 Hz, formants 31-35% high), Caribbean English"),
 )
@@ -152,7 +152,7 @@ SYSTEM_VOICES = (
           "Debian espeak-ng, female variant grandma (120-230 Hz, strong flutter), New York English",
           rate=150, pitch=50),
     Voice("espeak-cli-en-029-klatt5", "espeak-cli-en-029-klatt5", "test", "espeak-ng", "en-029+klatt5",
-          "Debian espeak-ng, Klatt synthesiser, voicing source 5, Caribbean English",
+          "Debian espeak-ng, Klatt synthesiser (klatt 5), Caribbean English",
           rate=165, pitch=55),
     Voice("flite-kal16", "kal", "train", "flite", "kal16", "flite diphone voice of speaker kal (US male)"),
     Voice("festival-kal", "kal", "train", "festival", "kal_diphone", "festival diphone voice of speaker kal (US male)"),
