@@ -5,9 +5,26 @@ from surfsep.methods.mixit import assignment_matrices, mixit_loss
 
 def test_assignment_matrices_cover_every_split():
     matrices = assignment_matrices(4)
-    assert matrices.shape == (16, 2, 4)
-    assert torch.equal(matrices.sum(dim=1), torch.ones(16, 4))
-    assert len({tuple(m[0].tolist()) for m in matrices}) == 16
+    assert matrices.shape == (14, 2, 4)
+    assert torch.equal(matrices.sum(dim=1), torch.ones(14, 4))
+    assert len({tuple(m[0].tolist()) for m in matrices}) == 14
+    assert matrices.sum(dim=2).min() == 1
+
+
+def test_mixit_has_gradient_when_all_slots_fit_one_mixture():
+    # Mixture-consistent slots always sum to the mixture of mixtures, so giving them all to one
+    # mixture would be a constant loss; the assignment must still split them.
+    generator = torch.Generator().manual_seed(2)
+    first, second = torch.randn(2, 200, generator=generator), torch.randn(2, 200, generator=generator)
+    noise = torch.randn(2, 4, 200, generator=generator)
+    estimates = ((first + second) / 4).unsqueeze(1) + 3.0 * (noise - noise.mean(dim=1, keepdim=True))
+    estimates.requires_grad_(True)
+
+    loss, best = mixit_loss(estimates, first, second, audio=True)
+    loss.backward()
+
+    assert assignment_matrices(4)[best].sum(dim=2).min() >= 1
+    assert estimates.grad.abs().sum() > 0
 
 
 def test_mixit_picks_the_true_assignment():

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--sample-rate", type=int, default=8000, help="speech only: sample rate in Hz, 8000 or 16000 "
                       "(default: 8000)")
     data.add_argument("--seed", type=int, default=0, help="speech and realspeech: seed of the draw (default: 0)")
+    data.add_argument("--no-system-voices", action="store_true",
+                      help="speech only: use the bundled espeak-ng voices alone, even where Debian's espeak-ng, flite "
+                           "and festival voices are installed, so the set is the same on every machine")
 
     train = add_command("train", help="train a separator")
     add_train_arguments(train)
@@ -184,7 +187,8 @@ def build_data_set(args: argparse.Namespace) -> dict:
     if args.name == "speech":
         from surfsep.data.speech import build_speech
 
-        return build_speech(args.out, sample_rate=args.sample_rate, scale=args.scale, seed=args.seed)
+        return build_speech(args.out, sample_rate=args.sample_rate, scale=args.scale, seed=args.seed,
+                            system_voices=not args.no_system_voices)
     from surfsep.data.realspeech import build_realspeech
 
     return build_realspeech(args.out, scale=args.scale, seed=args.seed)
@@ -249,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
     from surfsep.data.images import DataError
+    from surfsep.data.speech import SynthesisError
     from surfsep.models import ModelError
     from surfsep.train import TrainingError
 
     try:
         return run_command(args)
-    except (DataError, ModelError, TrainingError, FileExistsError, ValueError) as error:
+    except (DataError, ModelError, TrainingError, SynthesisError, FileExistsError, ValueError) as error:
         logger.error("error: %s", error)
         return 2
     except KeyboardInterrupt:

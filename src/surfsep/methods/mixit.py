@@ -2,7 +2,7 @@
 
 Pairs of observed mixtures are summed into mixtures of mixtures (MoMs), and the network separates
 each MoM into 2K slots in one-step mode. Every slot is then assigned to one of the two mixtures by
-the assignment, out of 2^(2K), with the lowest loss. The loss is the MSE for images and the
+the assignment, out of 2^(2K) - 2 (each mixture gets at least one slot), with the lowest loss. The loss is the MSE for images and the
 thresholded SNR (30 dB cap) for audio.
 """
 
@@ -18,8 +18,14 @@ from surfsep.methods.base import Method, StepContext
 
 
 def assignment_matrices(slots: int, device: torch.device | None = None) -> torch.Tensor:
-    """List all 2^slots assignments of slots to two mixtures, as (2^slots, 2, slots) 0/1 matrices."""
-    choices = torch.tensor(list(itertools.product((0, 1), repeat=slots)), dtype=torch.float32, device=device)
+    """List the 2^slots - 2 assignments of slots to two mixtures that give each mixture a slot, as (A, 2, slots).
+
+    The two assignments of every slot to one mixture are left out: the slots always sum to the
+    mixture of mixtures, so their loss is a constant with no gradient, and a run that falls into
+    them never leaves.
+    """
+    choices = [row for row in itertools.product((0, 1), repeat=slots) if 0 < sum(row) < slots]
+    choices = torch.tensor(choices, dtype=torch.float32, device=device)
     return torch.stack([1 - choices, choices], dim=1)
 
 
