@@ -101,3 +101,22 @@ def test_flow_residual_orders_targets_by_one_step_estimate():
     assert result.perm.tolist() == order.tolist()
     assert result.residual.shape == sources.shape
     torch.testing.assert_close(result.residual.sum(dim=1), torch.zeros_like(mixture), atol=1e-5, rtol=0)
+
+
+def test_waveform_start_noise_is_filtered_mixture():
+    time = torch.arange(4000) / 8000
+    tone = torch.sin(2 * torch.pi * 500 * time).expand(3, -1).contiguous()
+
+    x0 = flow.start_point(tone, 2, sigma=1.0, generator=torch.Generator().manual_seed(0))
+    noise = x0 - (tone / 2).unsqueeze(1)
+
+    torch.testing.assert_close(x0.sum(dim=1), tone, atol=1e-5, rtol=0)
+    assert noise.abs().max() > 0.05
+    spectrum = torch.fft.rfft(noise[..., 100:-100], dim=-1).abs()
+    peak_hz = spectrum.argmax(dim=-1) * 8000 / (tone.shape[1] - 200)
+    assert torch.all((peak_hz - 500).abs() < 5)
+
+
+def test_waveform_start_noise_is_silent_on_silence():
+    x0 = flow.start_point(torch.zeros(2, 500), 3, sigma=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.count_nonzero(x0) == 0

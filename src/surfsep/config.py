@@ -164,7 +164,7 @@ def resolve_for_modality(config: TrainConfig, modality: str) -> TrainConfig:
     if resolved.channels is None:
         resolved = dataclasses.replace(resolved, channels=list(NETWORK_CHANNELS[resolved.network]))
     if modality == "image" and (resolved.sample_rate is not None or resolved.segment_seconds is not None):
-        raise ValueError("--sample-rate and --segment-seconds apply to audio data; this data set holds images")
+        raise ValueError("--sample-rate and --segment-seconds apply to audio data; this data set contains images")
     expected = {"image": "slot-unet", "audio": "slot-tasnet"}[modality]
     if resolved.network != expected:
         raise ValueError(f"network {resolved.network} does not take {modality} input; use {expected}")

@@ -27,19 +27,44 @@ def project_zero_sum(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(dim=1, keepdim=True)
 
 
+# Taps of the random filters that shape the start-point noise of waveforms.
+NOISE_FILTER_TAPS = 32
+
+
+def start_noise(mixture: torch.Tensor, slots: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw the noise z (B, K, ...) of the start point, before ``P_perp``.
+
+    Images (B, C, H, W) get white Gaussian noise. A waveform mixture (B, L) gets, per slot, the
+    mixture filtered by its own random ``NOISE_FILTER_TAPS``-tap FIR filter (taps N(0, 1/taps)):
+    every slot starts as the mixture with a random spectral tilt. White noise over thousands of
+    samples is nearly orthogonal to any difference between the sources, so a one-step separator
+    could not turn it into a consistent choice of source per slot; a random tilt leans each slot
+    towards the sources whose energy lies in the bands it favours.
+    """
+    shape = (mixture.shape[0], slots) + tuple(mixture.shape[1:])
+    if mixture.dim() != 2:
+        return torch.randn(shape, generator=generator, dtype=mixture.dtype, device="cpu").to(mixture.device)
+
+    batch, length = mixture.shape
+    taps = torch.randn(batch * slots, 1, NOISE_FILTER_TAPS, generator=generator, dtype=mixture.dtype, device="cpu")
+    taps = (taps / NOISE_FILTER_TAPS**0.5).to(mixture.device)
+    # One group per mixture: its K output channels are the K filtered copies of that mixture.
+    filtered = torch.nn.functional.conv1d(mixture.unsqueeze(0), taps, padding=NOISE_FILTER_TAPS // 2, groups=batch)
+    return filtered[0, :, :length].reshape(shape)
+
+
 def start_point(
     mixture: torch.Tensor, slots: int, sigma: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Draw ``x0 = (m / K) stacked K times + P_perp z`` with ``z ~ N(0, sigma^2)``.
+    """Draw ``x0 = (m / K) stacked K times + sigma P_perp z`` with z from ``start_noise``.
 
     The mixture part of x0 is exact, and the noise lives only in the zero-sum subspace. The noise
     is what breaks the symmetry between slots, so sigma must be positive.
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be positive so the slots can differ, got {sigma}")
-    shape = (mixture.shape[0], slots) + tuple(mixture.shape[1:])
-    noise = torch.randn(shape, generator=generator, dtype=mixture.dtype, device="cpu").to(mixture.device)
-    mean_part = (mixture / slots).unsqueeze(1).expand(shape)
+    noise = start_noise(mixture, slots, generator)
+    mean_part = (mixture / slots).unsqueeze(1).expand(noise.shape)
     return mean_part + sigma * project_zero_sum(noise)
 
 

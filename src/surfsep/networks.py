@@ -155,8 +155,11 @@ class SlotUNet(nn.Module):
 class SlotTCNBlock(nn.Module):
     """One dilated depthwise-separable convolution block of a TCN, run per slot.
 
-    1x1 convolution to ``hidden`` channels, FiLM from the time embedding, a slot-mean exchange,
-    a dilated depthwise convolution and a 1x1 convolution back, added to the input.
+    1x1 convolution to ``hidden`` channels, FiLM from the time embedding and from the slot's
+    features averaged over time, a slot-mean exchange, a dilated depthwise convolution and a 1x1
+    convolution back, added to the input. The time average lets a slot act on something constant
+    over the whole signal, such as a statistic of its start-point noise, so the choice of which
+    source a slot takes can stay the same over time.
     """
 
     def __init__(self, channels: int, hidden: int, kernel: int, dilation: int, embedding_size: int):
@@ -164,6 +167,7 @@ class SlotTCNBlock(nn.Module):
         self.expand = nn.Conv1d(channels, hidden, 1)
         self.norm_in = nn.GroupNorm(1, hidden)
         self.film = nn.Linear(embedding_size, 2 * hidden)
+        self.context = nn.Linear(hidden, 2 * hidden)
         self.exchange = nn.Conv1d(hidden, hidden, 1)
         self.depthwise = nn.Conv1d(hidden, hidden, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2,
                                    groups=hidden)
@@ -173,7 +177,8 @@ class SlotTCNBlock(nn.Module):
     def forward(self, h: torch.Tensor, embedding: torch.Tensor, slots: int) -> torch.Tensor:
         # h: (B*K, channels, frames) with the K slots of one example adjacent; embedding: (B*K, E)
         out = self.norm_in(self.expand(h))
-        scale, shift = self.film(embedding).unsqueeze(-1).chunk(2, dim=1)
+        modulation = self.film(embedding) + self.context(out.mean(dim=-1))
+        scale, shift = modulation.unsqueeze(-1).chunk(2, dim=1)
         out = F.silu(out * (1 + scale) + shift)
 
         grouped = out.reshape((-1, slots) + tuple(out.shape[1:]))

@@ -158,12 +158,12 @@ def build_student(config: TrainConfig, method: Method) -> nn.Module:
         network, metadata = load_model(Path(config.init))
         logger.info("initialising from %s (method %s, %s steps)", config.init, metadata.get("method"),
                     metadata.get("training", {}).get("steps"))
-        wanted = network_kwargs(config)
-        found = {name: network.config.get(name) for name in wanted}
-        if metadata["network"]["name"] != config.network or found != wanted:
+        expected = network_kwargs(config)
+        found = {name: network.config.get(name) for name in expected}
+        if metadata["network"]["name"] != config.network or found != expected:
             raise TrainingError(
                 f"--init {config.init} has network {metadata['network']['name']} with {found}, "
-                f"but this run asks for {config.network} with {wanted}; pass matching --network and --channels"
+                f"but this run asks for {config.network} with {expected}; pass matching --network and --channels"
             )
         if metadata.get("sample_rate") != config.sample_rate:
             raise TrainingError(

@@ -125,7 +125,7 @@ def detect_modality(root: Path) -> str:
 
 
 def common_sample_rate(entries: list[AudioEntry], folder: Path) -> int:
-    """The one sample rate of ``entries``; raise DataError if they differ."""
+    """Return the one sample rate of ``entries``; raise DataError if they differ."""
     rates = sorted({entry.sample_rate for entry in entries})
     if len(rates) > 1:
         raise DataError(
