@@ -25,17 +25,23 @@ from surfsep.train import train
 
 logger = logging.getLogger(__name__)
 
-# Step budgets at scale 1, each a batch of 8 two-second crops.
-SPEECH_DEMO_STEPS = {"mixit": 2000, "surf": 2000, "supervised-flow": 2000}
+# Step budgets at scale 1, each a batch of 8 one-second crops.
+SPEECH_DEMO_STEPS = {"mixit": 800, "surf": 1500, "supervised-flow": 1500}
 SPEECH_BATCH = 8
-SPEECH_SAMPLER_STEPS = 5
+SPEECH_SEGMENT_SECONDS = 1.0
+# Start-point noise scale relative to the unit-RMS mixture.
+SPEECH_SIGMA = 1.0
+# The flows' sampler steps are chosen among these by SI-SDRi on the first valid mixtures.
+SAMPLER_STEP_CHOICES = (1, 2, 5, 10)
+VALID_MIXTURES = 50
 EXAMPLE_MIXTURES = 4
 
 
 def speech_demo_configs(out: Path, scale: float, threads: int | None) -> dict[str, TrainConfig]:
     data = out / "data"
-    base = TrainConfig(data=str(data / "train"), sources=2, batch_size=SPEECH_BATCH, segment_seconds=2.0,
-                       threads=threads, checkpoint_every=100, log_every=100, sampler_steps=SPEECH_SAMPLER_STEPS)
+    base = TrainConfig(data=str(data / "train"), sources=2, batch_size=SPEECH_BATCH,
+                       segment_seconds=SPEECH_SEGMENT_SECONDS, sigma=SPEECH_SIGMA, threads=threads,
+                       checkpoint_every=100, log_every=100)
 
     def steps(name: str) -> int:
         return max(2, int(round(SPEECH_DEMO_STEPS[name] * scale)))
@@ -59,8 +65,12 @@ def ensure_speech(data: Path, data_scale: float) -> None:
     build_speech(data, scale=data_scale)
 
 
-def write_examples(out: Path, models: dict[str, Path], test: Path, count: int = EXAMPLE_MIXTURES) -> Path:
-    """Write mixture, references and each method's estimates (reference order) of the first test mixtures."""
+def write_examples(out: Path, models: dict[str, Path], test: Path, steps: dict[str, int],
+                   count: int = EXAMPLE_MIXTURES) -> Path:
+    """Write mixture, references and each method's estimates (reference order) of the first test mixtures.
+
+    Each model separates with its ``steps[name]`` sampler steps.
+    """
     from surfsep.audio_metrics import score_audio
 
     reference_set = AudioReferenceSet.open(test, 2).first(count)
@@ -74,7 +84,7 @@ def write_examples(out: Path, models: dict[str, Path], test: Path, count: int = 
         for k, reference in enumerate(references):
             write_audio(folder / stem / f"reference_s{k + 1}.wav", reference, rate)
         for method, separator in separators.items():
-            estimates = separator.separate(torch.from_numpy(mixture), rate)
+            estimates = separator.separate(torch.from_numpy(mixture), rate, steps=steps[method])
             aligned = score_audio(estimates.unsqueeze(0), torch.from_numpy(references).unsqueeze(0),
                                   torch.from_numpy(mixture).unsqueeze(0))["aligned"][0]
             for k, estimate in enumerate(aligned):
@@ -109,11 +119,17 @@ def run_speech_demo(out: Path, scale: float = 1.0, threads: int | None = None, d
         train(config)
 
     test = out / "data" / "test"
-    results = {"data": str(test), "scale": scale, "methods": {}}
+    results = {"data": str(test), "scale": scale, "methods": {}, "valid_sampler_sweep": {}}
     evaluated = {name: Path(config.out) for name, config in configs.items()}
     evaluated["surf-teacher"] = Path(configs["surf"].out) / "teacher"
     for name, folder in evaluated.items():
-        summary = evaluate_model(folder, test, folder / "eval", overwrite=True)
+        steps = None
+        if not load(folder).metadata.get("one_step") and name != "surf-teacher":
+            sweep = sampler_sweep(folder, out / "data" / "valid")
+            results["valid_sampler_sweep"][name] = sweep
+            steps = max(sweep, key=sweep.get)
+            logger.info("speech demo: %s separates with %d sampler steps, the best on the valid split", name, steps)
+        summary = evaluate_model(folder, test, folder / "eval", steps=steps, overwrite=True)
         if "mixture" not in results["methods"]:
             results["methods"]["mixture"] = {"si_sdr": summary["mixture"]["si_sdr"]["mean"], "si_sdri": 0.0,
                                              "sdr": None, "training_steps": 0, "training_seconds": 0.0}
@@ -132,10 +148,25 @@ def run_speech_demo(out: Path, scale: float = 1.0, threads: int | None = None, d
     results["mixtures"] = summary["mixtures"]
     results["paired_surf_minus_mixit"] = paired_difference(evaluated["surf"] / "eval", evaluated["mixit"] / "eval")
 
-    results["examples"] = str(write_examples(out, {name: Path(config.out) for name, config in configs.items()}, test))
+    models = {name: Path(config.out) for name, config in configs.items()}
+    chosen_steps = {name: results["methods"][name]["sampler_steps"] for name in models}
+    results["examples"] = str(write_examples(out, models, test, chosen_steps))
     atomic_write_json(out / "results.json", results)
     results["table"] = format_speech_table(results)
     return results
+
+
+def sampler_sweep(model: Path, valid: Path) -> dict[int, float]:
+    """Mean SI-SDRi on the first valid mixtures for each of ``SAMPLER_STEP_CHOICES`` sampler steps."""
+    from surfsep.evaluate_audio import evaluate_audio_separator
+
+    separator = load(model)
+    reference_set = AudioReferenceSet.open(valid, separator.sources).first(VALID_MIXTURES)
+    sweep = {}
+    for steps in SAMPLER_STEP_CHOICES:
+        rows = evaluate_audio_separator(separator, reference_set, steps=steps, bss=False)
+        sweep[steps] = float(np.nanmean([row["si_sdri"] for row in rows]))
+    return sweep
 
 
 def paired_difference(first: Path, second: Path) -> dict:
