@@ -330,7 +330,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             teacher_metadata["role"] = "EMA teacher"
             save_model(run / "teacher", teacher, teacher_metadata)
 
-    validator = make_validator(config, method, run) if config.valid and config.valid_every else None
+    validator = make_validator(config, method) if config.valid and config.valid_every else None
     stop = StopRequest()
     metrics_file = (run / "metrics.jsonl").open("a")
     consecutive_skips = 0
@@ -400,41 +400,30 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
     return run
 
 
-def make_validator(config: TrainConfig, method: Method, run: Path):
-    """Return a function that scores the student (and teacher) on the references of ``config.valid``."""
+def make_validator(config: TrainConfig, method: Method):
+    """Return a function that scores the student (and teacher) on the references of ``config.valid``.
+
+    Images are scored by mean PSNR and SSIM, audio by mean SI-SDRi.
+    """
+    from surfsep.models import AudioSeparator, Separator
+
     if config.sample_rate is not None:
-        return make_audio_validator(config, method)
-    from surfsep.evaluate import evaluate_separator
-    from surfsep.models import Separator
+        from surfsep.evaluate_audio import evaluate_audio_separator
 
-    reference_set = ReferenceSet.open(Path(config.valid), config.sources).first(config.valid_limit)
-    limit = len(reference_set)
+        reference_set = AudioReferenceSet.open(Path(config.valid), config.sources).first(config.valid_limit)
 
-    def validate(step: int, student: nn.Module, teacher: nn.Module | None) -> dict:
-        record = {"step": step, "valid_mixtures": limit}
-        for role, network in (("student", student), ("teacher", teacher)):
-            if network is None:
-                continue
-            metadata = model_metadata(config, method, 0, step, 0.0)
-            if role == "teacher":
-                metadata["sampler"]["steps"] = config.teacher_steps
-            network.eval()
+        def score(network: nn.Module, metadata: dict) -> dict[str, float]:
+            rows = evaluate_audio_separator(AudioSeparator(network, metadata), reference_set, seed=config.seed,
+                                            bss=False)
+            return {"si_sdri": float(np.nanmean([row["si_sdri"] for row in rows]))}
+    else:
+        from surfsep.evaluate import evaluate_separator
+
+        reference_set = ReferenceSet.open(Path(config.valid), config.sources).first(config.valid_limit)
+
+        def score(network: nn.Module, metadata: dict) -> dict[str, float]:
             scores = evaluate_separator(Separator(network, metadata), reference_set, seed=config.seed)
-            record[f"valid_{role}_psnr"] = float(scores["psnr"].mean())
-            record[f"valid_{role}_ssim"] = float(scores["ssim"].mean())
-        logger.info("step %d validation: %s", step, ", ".join(
-            f"{key} {value:.3f}" for key, value in record.items() if key.startswith("valid_") and isinstance(value, float)))
-        return record
-
-    return validate
-
-
-def make_audio_validator(config: TrainConfig, method: Method):
-    """Like ``make_validator``, for audio: mean SI-SDRi of the student (and teacher) on ``config.valid``."""
-    from surfsep.evaluate_audio import evaluate_audio_separator
-    from surfsep.models import AudioSeparator
-
-    reference_set = AudioReferenceSet.open(Path(config.valid), config.sources).first(config.valid_limit)
+            return {"psnr": float(scores["psnr"].mean()), "ssim": float(scores["ssim"].mean())}
 
     def validate(step: int, student: nn.Module, teacher: nn.Module | None) -> dict:
         record = {"step": step, "valid_mixtures": len(reference_set)}
@@ -445,8 +434,8 @@ def make_audio_validator(config: TrainConfig, method: Method):
             if role == "teacher":
                 metadata["sampler"]["steps"] = config.teacher_steps
             network.eval()
-            rows = evaluate_audio_separator(AudioSeparator(network, metadata), reference_set, seed=config.seed, bss=False)
-            record[f"valid_{role}_si_sdri"] = float(np.nanmean([row["si_sdri"] for row in rows]))
+            for name, value in score(network, metadata).items():
+                record[f"valid_{role}_{name}"] = value
         logger.info("step %d validation: %s", step, ", ".join(
             f"{key} {value:.3f}" for key, value in record.items() if key.startswith("valid_") and isinstance(value, float)))
         return record

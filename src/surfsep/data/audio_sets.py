@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from surfsep.audio import AUDIO_SUFFIXES, AudioError, audio_info, list_audio, read_audio
-from surfsep.data.images import IMAGE_SUFFIXES, MIXTURE_FOLDERS, REFERENCE_FOLDER, DataError, find_mixture_folder
+from surfsep.data.images import (
+    IMAGE_SUFFIXES, MIXTURE_FOLDERS, REFERENCE_FOLDER, DataError, find_mixture_folder, reference_numbers,
+)
 from surfsep.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -213,18 +215,7 @@ class AudioReferenceSet:
                 f"{root} has no mix/ folder; data with references needs mix/ (or mix_clean/) and s1/ ... sK/ "
                 f"folders holding files of the same names"
             )
-        found = sorted(
-            int(match.group(1)) for path in root.iterdir()
-            if path.is_dir() and (match := REFERENCE_FOLDER.match(path.name))
-        )
-        if sources is None:
-            sources = len(found)
-        expected = list(range(1, sources + 1))
-        if sources < 1 or found[:sources] != expected:
-            raise DataError(
-                f"{root} must hold reference folders {', '.join(f's{k}' for k in expected) or 's1'}; "
-                f"found {', '.join(f's{k}' for k in found) or 'none'}"
-            )
+        expected = reference_numbers(root, sources)
         mixtures = scan_audio(mixture_folder, cache=cache)
         if not mixtures:
             raise DataError(f"no audio mixtures found in {mixture_folder}")

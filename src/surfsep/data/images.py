@@ -127,6 +127,24 @@ def load_stack(files: list[Path], description: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).unsqueeze(1)
 
 
+def reference_numbers(root: Path, sources: int | None) -> list[int]:
+    """Return [1, ..., K] after checking that ``root`` has folders s1/ ... sK/; K defaults to the count found."""
+    found = sorted(
+        int(match.group(1))
+        for path in root.iterdir()
+        if path.is_dir() and (match := REFERENCE_FOLDER.match(path.name))
+    )
+    if sources is None:
+        sources = len(found)
+    expected = list(range(1, sources + 1))
+    if sources < 1 or found[:sources] != expected:
+        raise DataError(
+            f"{root} must hold reference folders {', '.join(f's{k}' for k in expected) or 's1'}; "
+            f"found {', '.join(f's{k}' for k in found) or 'none'}"
+        )
+    return expected
+
+
 @dataclass
 class MixtureSet:
     """Mixture images of one folder, held in memory as (N, 1, H, W); no access to references."""
@@ -182,19 +200,7 @@ class ReferenceSet:
                 f"{root} has no mix/ folder; data with references needs mix/ and s1/ ... sK/ "
                 f"folders holding files of the same names"
             )
-        found = sorted(
-            int(match.group(1))
-            for path in root.iterdir()
-            if path.is_dir() and (match := REFERENCE_FOLDER.match(path.name))
-        )
-        if sources is None:
-            sources = len(found)
-        expected = list(range(1, sources + 1))
-        if sources < 1 or found[:sources] != expected:
-            raise DataError(
-                f"{root} must hold reference folders {', '.join(f's{k}' for k in expected) or 's1'}; "
-                f"found {', '.join(f's{k}' for k in found) or 'none'}"
-            )
+        expected = reference_numbers(root, sources)
 
         files = list_images(mixture_folder)
         if not files:
