@@ -6,7 +6,7 @@ from conftest import run_surfsep
 
 
 def test_speech_demo_runs_end_to_end(tones_dir, tmp_path):
-    # The demo builds its own data unless dataset.json is there, so a tone set stands in for speech.
+    # The demo builds its own data unless dataset.json exists, so a tone set replaces the speech set.
     out = tmp_path / "demo"
     data = out / "data"
     data.mkdir(parents=True)

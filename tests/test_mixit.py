@@ -11,9 +11,9 @@ def test_assignment_matrices_cover_every_split():
     assert matrices.sum(dim=2).min() == 1
 
 
-def test_mixit_has_gradient_when_all_slots_fit_one_mixture():
-    # Mixture-consistent slots always sum to the mixture of mixtures, so giving them all to one
-    # mixture would be a constant loss; the assignment must still split them.
+def test_mixit_splits_slots_between_mixtures():
+    # Mixture-consistent slots always sum to the mixture of mixtures. Giving them all to one mixture
+    # would be a constant loss with no gradient, so the assignment must split them.
     generator = torch.Generator().manual_seed(2)
     first, second = torch.randn(2, 200, generator=generator), torch.randn(2, 200, generator=generator)
     noise = torch.randn(2, 4, 200, generator=generator)
