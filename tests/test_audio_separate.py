@@ -167,3 +167,39 @@ def test_python_api_loads_audio_model(audio_model, tones_dir):
 
     assert separator.sample_rate == 8000
     assert estimates.shape == (2, len(mixture))
+
+
+def test_frames_by_channels_is_rejected(separator):
+    with pytest.raises(ValueError, match="transposed"):
+        separator.separate(torch.zeros(5000, 2), 8000)
+
+
+def test_higher_rate_input_is_warned(separator, caplog):
+    caplog.set_level("WARNING", logger="surfsep")
+    separator.separate(torch.zeros(4410), 44100)
+    assert "only the band below 4000 Hz" in caplog.text
+
+
+def test_sigterm_leaves_no_temporary_files(audio_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long_input = tmp_path / "long.wav"
+    soundfile.write(long_input, 0.1 * np.random.default_rng(0).standard_normal(8000 * 240).astype(np.float32), 8000)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "surfsep", "separate", str(audio_model), str(long_input),
+                                "--out", str(out), "--steps", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.rglob(".*.tmp")):
+        assert process.poll() is None, f"separation ended before it could be stopped: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "no temporary output appeared"
+        time.sleep(0.05)
+
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+    assert process.returncode == 130
+    assert list(out.rglob("*.tmp")) == []
+    assert list(out.rglob("*.wav")) == []

@@ -196,3 +196,23 @@ def test_audio_validation_records_si_sdri(tones_dir, audio_mixit, tmp_path):
     assert len(validation) == 1
     assert np.isfinite(validation[0]["valid_student_si_sdri"])
     assert np.isfinite(validation[0]["valid_teacher_si_sdri"])
+
+
+def test_surf_without_init_creates_nothing(tones_dir, tmp_path):
+    result = run_surfsep(*audio_args(tones_dir / "train", tmp_path / "run", "surf", 2), check=False)
+    assert result.returncode == 2
+    assert "--init" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_prints_audio_defaults(tones_dir, audio_mixit, tmp_path):
+    result = run_surfsep("train", "--method", "surf", "--init", str(audio_mixit), "--data", str(tones_dir / "train"),
+                         "--out", str(tmp_path / "run"), "--channels", "8", "8", "16", "--dry-run")
+    printed = json.loads(result.stdout)
+    assert printed["sample_rate"] == 8000
+    assert printed["segment_seconds"] == 2.0
+    assert printed["mixture"] == "sum"
+    assert printed["network"] == "slot-tasnet"
+    assert printed["variant"] == "remixit-flow"
+    assert printed["sampler_steps"] == 25
+    assert not (tmp_path / "run").exists()

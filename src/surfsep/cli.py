@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -179,6 +180,23 @@ def configure_logging(quiet: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
+def resolved_for_dry_run(config: TrainConfig) -> TrainConfig:
+    """Fill every setting left to a default with the value training will use, for ``--dry-run``."""
+    import dataclasses
+
+    from surfsep.methods import get_method
+    from surfsep.train import default_sampler_steps, resolve_data_settings
+
+    config = resolve_data_settings(config)
+    method = get_method(config.method, config.variant)
+    return dataclasses.replace(config, variant=getattr(method, "variant", None),
+                               sampler_steps=config.sampler_steps or default_sampler_steps(method))
+
+
+def interrupt_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def build_data_set(args: argparse.Namespace) -> dict:
     if args.name == "digits":
         from surfsep.data.digits import build_digits
@@ -208,7 +226,7 @@ def run_command(args: argparse.Namespace) -> int:
         config = resolve_train_config(args)
         if args.dry_run:
             validate_config(config)
-            print(json.dumps(config.to_dict(), indent=1))
+            print(json.dumps(resolved_for_dry_run(config).to_dict(), indent=1))
             return 0
         train(config)
     elif args.command == "separate":
@@ -252,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
+    # SIGTERM stops a command the way Ctrl-C does, so temporary output files are removed.
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     from surfsep.data.images import DataError
     from surfsep.data.speech import SynthesisError
     from surfsep.models import ModelError

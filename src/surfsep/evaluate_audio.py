@@ -81,9 +81,12 @@ def summarise(values: list[float]) -> dict:
     count = len(array)
     if count == 0:
         return {"mean": None, "median": None, "std": None, "ci95": None, "count": 0}
-    std = float(array.std(ddof=1)) if count > 1 else 0.0
-    half_width = 1.96 * std / math.sqrt(count) if count > 1 else 0.0
     mean = float(array.mean())
+    if count == 1:
+        # One value gives no spread, so no interval either.
+        return {"mean": mean, "median": mean, "std": None, "ci95": None, "count": 1}
+    std = float(array.std(ddof=1))
+    half_width = 1.96 * std / math.sqrt(count)
     return {"mean": mean, "median": float(np.median(array)), "std": std, "ci95": [mean - half_width, mean + half_width],
             "count": count}
 
@@ -135,8 +138,8 @@ def evaluate_audio_model(separator: AudioSeparator, model_folder: Path, data: Pa
     if limit is not None:
         reference_set = reference_set.first(limit)
     used_steps = separator.resolve_sampler(steps, None)[0]
-    logger.info("evaluating %s on %d mixtures of %s with %d sampler step%s", model_folder, len(reference_set), data,
-                used_steps, "" if used_steps == 1 else "s")
+    logger.info("evaluating %s on %d mixture%s of %s with %d sampler step%s", model_folder, len(reference_set),
+                "" if len(reference_set) == 1 else "s", data, used_steps, "" if used_steps == 1 else "s")
 
     rows = evaluate_audio_separator(separator, reference_set, steps=steps, seed=seed, perceptual=perceptual)
 

@@ -184,6 +184,8 @@ def resample_waveform(signal: np.ndarray, old_rate: int, new_rate: int, length: 
 
 
 SILENT_RMS = 1e-5
+# More channels than this on the first axis, with at most this many on the second, means (frames, channels).
+MAX_CHANNELS = 64
 DEFAULT_CHUNK_SECONDS = 4.0
 DEFAULT_OVERLAP_SECONDS = 1.0
 
@@ -268,6 +270,11 @@ class AudioSeparator(Separator):
             waveform = waveform.unsqueeze(0)
         if waveform.dim() != 2:
             raise ValueError(f"expected a waveform of shape (L,) or (C, L), got {tuple(waveform.shape)}")
+        if waveform.shape[0] > MAX_CHANNELS and waveform.shape[1] <= MAX_CHANNELS:
+            raise ValueError(
+                f"got a waveform of shape {tuple(waveform.shape)}, which looks like (frames, channels) as "
+                f"soundfile.read returns it; pass it transposed, as (channels, frames)"
+            )
         if waveform.shape[-1] == 0 or waveform.shape[0] == 0:
             raise ValueError(f"the waveform is empty: shape {tuple(waveform.shape)}")
         if not torch.isfinite(waveform).all():
@@ -280,6 +287,10 @@ class AudioSeparator(Separator):
             raise ValueError(f"need chunk_seconds > overlap_seconds >= 0, got {chunk_seconds} and {overlap_seconds}")
         separate_chunks = self.chunk_separator(steps, seed, solver)
 
+        if sample_rate > self.sample_rate:
+            logger.warning("the input runs at %d Hz but the model at %d Hz: the estimates hold only the band below "
+                           "%d Hz and add up to the mixture within that band", sample_rate, self.sample_rate,
+                           self.sample_rate // 2)
         waveform = waveform.to(torch.float32)
         signals = waveform.mean(dim=0, keepdim=True) if channels == "mix" else waveform
         results = []

@@ -127,6 +127,11 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
     for path, _ in items:
         audio_info(path)
 
+    above = [path for path, _ in items if audio_info(path).sample_rate > separator.sample_rate]
+    if above:
+        logger.warning("%d input(s), such as %s, have a higher sample rate than the model's %d Hz: their estimates "
+                       "hold only the band below %d Hz", len(above), above[0], separator.sample_rate,
+                       separator.sample_rate // 2)
     steps, solver = separator.resolve_sampler(steps, None)
     separate_chunks = separator.chunk_separator(steps, seed, solver)
     written = []

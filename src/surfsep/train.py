@@ -221,13 +221,13 @@ def attach_log_file(run: Path) -> tuple[logging.Handler, int]:
 
 
 class StopRequest:
-    """Turn SIGINT (Ctrl-C) into a flag checked between steps, so the checkpoint is written between steps."""
+    """Turn SIGINT (Ctrl-C) and SIGTERM into a flag checked between steps, so the checkpoint is written between steps."""
 
     def __init__(self) -> None:
         self.requested = False
-        self.previous = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self.request)
+            self.previous = {number: signal.signal(number, self.request) for number in (signal.SIGINT, signal.SIGTERM)}
 
     def request(self, signum, frame) -> None:
         if self.requested:
@@ -235,8 +235,8 @@ class StopRequest:
         self.requested = True
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def train(config: TrainConfig) -> Path:

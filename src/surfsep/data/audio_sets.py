@@ -103,8 +103,8 @@ def scan_audio(folder: Path, cache: bool = True) -> list[AudioEntry]:
                                                    "files": records})
         except OSError as error:
             logger.warning("cannot write the audio index cache %s: %s", index_path(folder), error)
-    logger.info("indexed %d audio files in %s (%d headers read, the rest from the cache)",
-                len(entries), folder, read_headers)
+    logger.info("indexed %d audio files in %s (%d headers read, %d from the cache)",
+                len(entries), folder, read_headers, len(entries) - read_headers)
     return entries
 
 
