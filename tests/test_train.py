@@ -218,7 +218,7 @@ def test_config_file_values_are_typed(digits_dir, tmp_path):
     config_file = tmp_path / "settings.yaml"
     config_file.write_text("learning_rate: 1e-3\nsteps: '12'\nchannels: 16\nvariant: self-remixing-flow\n")
     result = run_surfsep("train", "--config", str(config_file), "--data", str(digits_dir / "train"),
-                         "--out", str(tmp_path / "run"), "--dry-run")
+                         "--out", str(tmp_path / "run"), "--init", str(tmp_path / "mixit"), "--dry-run")
     printed = json.loads(result.stdout)
     assert printed["learning_rate"] == 0.001
     assert printed["steps"] == 12

@@ -149,16 +149,16 @@ def validate_config(config: TrainConfig) -> None:
     from surfsep.networks import NETWORKS
 
     method = get_method(config.method, config.variant)
-    if method.needs_teacher and not config.init:
-        raise ValueError(
-            f"method {method.name} starts its teacher from a trained separator: pass --init RUN "
-            f"with a mixit run (train one with `surfsep train --method mixit`)"
-        )
     if config.network is not None and config.network not in NETWORKS:
         raise ValueError(f"unknown network {config.network!r}; available: {', '.join(sorted(NETWORKS))}")
     if config.network == "slot-tasnet" and config.channels is not None and len(config.channels) != 3:
         raise ValueError(
             f"--channels for slot-tasnet are 3 widths (filterbank, bottleneck, hidden), got {config.channels}"
+        )
+    if method.needs_teacher and not config.init:
+        raise ValueError(
+            f"method {method.name} starts its teacher from a trained separator: pass --init RUN "
+            f"with a mixit run (train one with `surfsep train --method mixit`)"
         )
 
 

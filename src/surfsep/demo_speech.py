@@ -26,7 +26,7 @@ from surfsep.train import train
 logger = logging.getLogger(__name__)
 
 # Step budgets at scale 1, each a batch of 8 one-second crops.
-SPEECH_DEMO_STEPS = {"mixit": 800, "surf": 1500, "supervised-flow": 1500}
+SPEECH_DEMO_STEPS = {"mixit": 800, "surf": 1500, "supervised-flow": 1000}
 SPEECH_BATCH = 8
 SPEECH_SEGMENT_SECONDS = 1.0
 # Start-point noise scale relative to the unit-RMS mixture.
