@@ -38,7 +38,7 @@ def start_noise(mixture: torch.Tensor, slots: int, generator: torch.Generator | 
     mixture filtered by its own random ``NOISE_FILTER_TAPS``-tap FIR filter (taps N(0, 1/taps)):
     every slot starts as the mixture with a random spectral tilt. White noise over thousands of
     samples is nearly orthogonal to any difference between the sources, so a one-step separator
-    could not turn it into a consistent choice of source per slot; a random tilt leans each slot
+    could not turn it into a consistent choice of source per slot. A random tilt leans each slot
     towards the sources whose energy lies in the bands it favours.
     """
     shape = (mixture.shape[0], slots) + tuple(mixture.shape[1:])

@@ -177,8 +177,8 @@ def resample_waveform(signal: np.ndarray, old_rate: int, new_rate: int, length: 
     signal = np.asarray(signal, dtype=np.float32)
     if length is not None and signal.shape[-1] != length:
         fitted = np.zeros(signal.shape[:-1] + (length,), dtype=np.float32)
-        kept = min(length, signal.shape[-1])
-        fitted[..., :kept] = signal[..., :kept]
+        copied = min(length, signal.shape[-1])
+        fitted[..., :copied] = signal[..., :copied]
         signal = fitted
     return np.ascontiguousarray(signal)
 

@@ -192,7 +192,7 @@ class SlotTasNet(nn.Module):
     """A Conv-TasNet-like waveform network run per slot, for single-channel audio.
 
     A learned filterbank (a strided 1-D convolution of ``filters`` channels, ``kernel`` samples
-    long with 50% overlap) encodes the slot's current waveform and the mixture; their sum goes
+    long with 50% overlap) encodes the slot's current waveform and the mixture. Their sum goes
     through a TCN of ``repeats`` stacks of ``blocks`` dilated blocks (dilations 1, 2, 4, ...),
     and a transposed convolution decodes the velocity waveform. Inputs of any length are padded
     at the end to a multiple of the stride and cropped back.

@@ -124,10 +124,9 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
         renamed[name] = path
     check_outputs(items, out, separator.sources, overwrite)
     # Check every input before writing anything, so a bad file late in the list leaves no partial output.
-    for path, _ in items:
-        audio_info(path)
+    rates = {path: audio_info(path).sample_rate for path, _ in items}
 
-    above = [path for path, _ in items if audio_info(path).sample_rate > separator.sample_rate]
+    above = [path for path, rate in rates.items() if rate > separator.sample_rate]
     if above:
         logger.warning("%d input(s), such as %s, have a higher sample rate than the model's %d Hz: their estimates "
                        "hold only the band below %d Hz", len(above), above[0], separator.sample_rate,

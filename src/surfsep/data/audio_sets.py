@@ -272,7 +272,7 @@ class AudioCrops:
 
     Crops of a batch are drawn with the step's generator, so a resumed run reads the same crops.
     Each mixture crop is scaled to unit RMS (its references by the same factor) because the flow's
-    noise scale sigma is set relative to unit-RMS mixtures; a silent crop stays unscaled.
+    noise scale sigma is set relative to unit-RMS mixtures. A silent crop stays unscaled.
     """
 
     def __init__(self, mixtures: list[AudioEntry], references: list[list[AudioEntry]] | None, sample_rate: int,
