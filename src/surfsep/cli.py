@@ -34,10 +34,14 @@ TRAIN_HELP = {
     "warmup_steps": "steps of linear learning-rate warm-up",
     "grad_clip": "maximum gradient norm",
     "sigma": "standard deviation of the start-point noise, in units of the source values",
-    "ema": "teacher EMA rate a per step: teacher <- a * teacher + (1 - a) * student",
+    "ema": "teacher EMA rate a per teacher update: teacher <- a * teacher + (1 - a) * student",
     "teacher_steps": "Euler steps of the teacher's separation (1 = one-step estimate)",
+    "teacher_update": "how the teacher follows the student: 'ema' (the --ema rate) or 'replace' (a copy of the student)",
+    "teacher_every": "optimiser steps between teacher updates; 0 = once per epoch of the training data",
+    "teacher_start": "where teacher and student start: 'init' (the --init model) or 'scratch' (random weights)",
     "shuffle": "remix shuffle: 'constrained' (no two rows of one mixture meet again) or 'free'",
-    "init": "model or run folder to start from; required for surf, remixit and self-remixing (a mixit run)",
+    "init": "model or run folder to start from; surf, remixit and self-remixing need one (a mixit run) "
+            "unless --teacher-start scratch",
     "network": "network architecture (default: slot-unet for images, slot-tasnet for audio)",
     "channels": "network widths: for slot-unet one per resolution level (default 16 32 64); for slot-tasnet "
                 "the filterbank, bottleneck and hidden widths (default 64 64 128)",
@@ -57,10 +61,13 @@ TRAIN_CHOICES = {
     "variant": list(SURF_VARIANTS),
     "network": sorted(NETWORKS),
     "shuffle": ["constrained", "free"],
+    "teacher_update": ["ema", "replace"],
+    "teacher_start": ["init", "scratch"],
     "mixture": ["mean", "sum"],
 }
 DATA_SETS = {
     "digits": "two-digit MNIST image mixtures",
+    "fashion": "two-garment Fashion-MNIST image mixtures (needs apt-get install dataset-fashion-mnist)",
     "speech": "synthetic two-speaker English speech, 8 kHz (needs pip install surfsep[speech])",
     "realspeech": "real recorded voices from Debian's asterisk-core-sounds-*-wav packages, 8 kHz",
 }
@@ -202,6 +209,10 @@ def build_data_set(args: argparse.Namespace) -> dict:
         from surfsep.data.digits import build_digits
 
         return build_digits(args.out, scale=args.scale)
+    if args.name == "fashion":
+        from surfsep.data.fashion import build_fashion
+
+        return build_fashion(args.out, scale=args.scale)
     if args.name == "speech":
         from surfsep.data.speech import build_speech
 

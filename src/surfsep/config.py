@@ -32,6 +32,9 @@ class TrainConfig:
     sigma: float = 0.5
     ema: float = 0.999
     teacher_steps: int = 1
+    teacher_update: str = "ema"
+    teacher_every: int = 1
+    teacher_start: str = "init"
     shuffle: str = "constrained"
     init: str | None = None
     network: str | None = None
@@ -53,7 +56,8 @@ def config_fields() -> dict[str, dataclasses.Field]:
     return {item.name: item for item in dataclasses.fields(TrainConfig)}
 
 
-INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps", "teacher_steps", "sampler_steps", "seed",
+INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps", "teacher_steps", "teacher_every",
+                  "sampler_steps", "seed",
                   "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads"}
 FLOAT_FIELDS = {"segment_seconds", "learning_rate", "grad_clip", "sigma", "ema"}
 OPTIONAL_FIELDS = {"variant", "mixture", "sample_rate", "segment_seconds", "init", "network", "channels",
@@ -123,6 +127,11 @@ def validate_config(config: TrainConfig) -> None:
         (config.sigma > 0, f"--sigma must be positive, got {config.sigma}"),
         (0.0 <= config.ema < 1.0, f"--ema must be in [0, 1), got {config.ema}"),
         (config.teacher_steps >= 1, f"--teacher-steps must be at least 1, got {config.teacher_steps}"),
+        (config.teacher_update in ("ema", "replace"),
+         f"--teacher-update must be 'ema' or 'replace', got {config.teacher_update!r}"),
+        (config.teacher_every >= 0, f"--teacher-every must be 0 (once per epoch) or more, got {config.teacher_every}"),
+        (config.teacher_start in ("init", "scratch"),
+         f"--teacher-start must be 'init' or 'scratch', got {config.teacher_start!r}"),
         (config.shuffle in ("constrained", "free"), f"--shuffle must be 'constrained' or 'free', got {config.shuffle!r}"),
         (config.mixture in (None, "mean", "sum"), f"--mixture must be 'mean' or 'sum', got {config.mixture!r}"),
         (config.sample_rate is None or config.sample_rate >= 1000,
@@ -155,11 +164,14 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(
             f"--channels for slot-tasnet are 3 widths (filterbank, bottleneck, hidden), got {config.channels}"
         )
-    if method.needs_teacher and not config.init:
+    if method.needs_teacher and config.teacher_start == "init" and not config.init:
         raise ValueError(
             f"method {method.name} starts its teacher from a trained separator: pass --init RUN "
-            f"with a mixit run (train one with `surfsep train --method mixit`)"
+            f"with a mixit run (train one with `surfsep train --method mixit`), or --teacher-start scratch"
         )
+    if config.teacher_start == "scratch" and config.init:
+        raise ValueError(f"--teacher-start scratch starts from random weights, so it cannot take --init {config.init}; "
+                         f"drop one of the two")
 
 
 def resolve_for_modality(config: TrainConfig, modality: str) -> TrainConfig:

@@ -101,6 +101,9 @@ def same_setting(name: str, saved, current) -> bool:
 
 
 def check_resume_config(saved: dict, config: TrainConfig, run: Path) -> None:
+    # A setting that an older version did not save had its current default then.
+    defaults = TrainConfig().to_dict()
+    saved = {**defaults, **saved}
     differences = [
         f"{name} ({saved.get(name)!r} in the run, {value!r} now)"
         for name, value in config.to_dict().items()
@@ -172,10 +175,10 @@ def build_student(config: TrainConfig, method: Method) -> nn.Module:
             )
         network.train()
         return network
-    if method.needs_teacher:
+    if method.needs_teacher and config.teacher_start != "scratch":
         raise TrainingError(
             f"method {method.name} starts its teacher from a trained separator: pass --init RUN "
-            f"with a mixit run (train one with `surfsep train --method mixit`)"
+            f"with a mixit run (train one with `surfsep train --method mixit`), or --teacher-start scratch"
         )
     torch.manual_seed(config.seed)
     return build_network(config.network, network_kwargs(config))
@@ -189,6 +192,21 @@ def ema_update(teacher: nn.Module, student: nn.Module, rate: float) -> None:
                 teacher_tensor.lerp_(student_tensor, 1.0 - rate)
             else:
                 teacher_tensor.copy_(student_tensor)
+
+
+def teacher_period(config: TrainConfig, data_size: int) -> int:
+    """Steps between teacher updates: ``teacher_every``, or one epoch when it is 0."""
+    return config.teacher_every or max(1, data_size // config.batch_size)
+
+
+def update_teacher(teacher: nn.Module, student: nn.Module, config: TrainConfig) -> None:
+    """Move the teacher towards the student by EMA, or replace it by the student."""
+    if config.teacher_update == "replace":
+        with torch.no_grad():
+            for teacher_tensor, student_tensor in zip(teacher.state_dict().values(), student.state_dict().values()):
+                teacher_tensor.copy_(student_tensor)
+    else:
+        ema_update(teacher, student, config.ema)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -331,6 +349,10 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             save_model(run / "teacher", teacher, teacher_metadata)
 
     validator = make_validator(config, method) if config.valid and config.valid_every else None
+    period = teacher_period(config, data_size)
+    if teacher is not None:
+        logger.info("teacher: %s every %d step%s (%s)", "EMA" if config.teacher_update == "ema" else "replaced by the student",
+                    period, "" if period == 1 else "s", "started from " + (config.init or "random weights"))
     stop = StopRequest()
     metrics_file = (run / "metrics.jsonl").open("a")
     consecutive_skips = 0
@@ -356,8 +378,6 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
                 grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                if teacher is not None:
-                    ema_update(teacher, student, config.ema)
                 window_loss += loss.item()
                 window_count += 1
             else:
@@ -368,6 +388,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
                         f"{consecutive_skips} non-finite losses in a row at step {step}; lower --learning-rate"
                     )
             step += 1
+            if teacher is not None and step % period == 0:
+                update_teacher(teacher, student, config)
             seconds += time.perf_counter() - started
 
             if window_count and (step % config.log_every == 0 or step == config.steps):

