@@ -11,6 +11,7 @@ from pathlib import Path
 
 from surfsep import __version__
 from surfsep.config import FLOAT_FIELDS, INTEGER_FIELDS, TrainConfig, config_fields, load_yaml_overrides
+from surfsep.bench import ARMS as BENCH_ARMS
 from surfsep.methods import METHODS, SURF_VARIANTS
 from surfsep.networks import NETWORKS
 
@@ -71,6 +72,18 @@ DATA_SETS = {
     "speech": "synthetic two-speaker English speech, 8 kHz (needs pip install surfsep[speech])",
     "realspeech": "real recorded voices from Debian's asterisk-core-sounds-*-wav packages, 8 kHz",
 }
+
+
+def comma_list(kind):
+    """An argparse type for a comma-separated list of ``kind`` values."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__} values, got {text!r}")
+
+    return parse
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
                           help="audio: add PESQ and STOI (needs pip install surfsep[quality])")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
 
+    bench = add_command("bench", help="train chosen methods on one data set with one budget and compare them")
+    bench.add_argument("--data", type=Path, required=True,
+                       help="data set folder with train/, valid/ and test/ splits, each with mix/ and s1/ ... sK/")
+    bench.add_argument("--out", type=Path, required=True,
+                       help="benchmark folder; an existing benchmark there is continued without redoing finished stages")
+    bench.add_argument("--samples", type=int, required=True,
+                       help="training budget of every method, in mixtures seen (steps x batch size)")
+    bench.add_argument("--methods", type=comma_list(str), default=None,
+                       help="comma-separated methods (default: all of " + ", ".join(BENCH_ARMS) + ")")
+    bench.add_argument("--seeds", type=comma_list(int), default=[0], help="comma-separated training seeds (default: 0)")
+    bench.add_argument("--points", type=int, default=4,
+                       help="evenly spaced budgets at which each run is scored on test/ for the curve (default: 4)")
+    bench.add_argument("--init-fraction", type=float, default=0.25,
+                       help="share of the budget that the teacher methods spend as the MixIT run they start from "
+                            "(default: 0.25)")
+    bench.add_argument("--teacher-start", choices=["mixit", "scratch"], default="mixit",
+                       help="start of remixit, self-remixing and SURF: a MixIT model or random weights (default: mixit)")
+    bench.add_argument("--sweep", type=comma_list(int), default=[1, 2, 5, 10, 25],
+                       help="sampler steps tried on valid/ for the flows and reported on test/ (default: 1,2,5,10,25)")
+    bench.add_argument("--valid-limit", type=int, default=250,
+                       help="valid/ mixtures used to choose the sampler steps (default: 250)")
+    bench.add_argument("--test-limit", type=int, help="score only the first N test mixtures (default: all)")
+    bench.add_argument("--jobs", type=int, default=1, help="training runs at once, each in its own process (default: 1)")
+    bench.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads per run (default: 1)")
+    bench.add_argument("--batch-size", type=int, help="mixtures per optimiser step (default: 64, or the --config value)")
+    bench.add_argument("--config", type=Path,
+                       help="YAML file of training settings shared by every run (as for train; not method, seed, "
+                            "steps, data, out or init)")
+    bench.add_argument("--dry-run", action="store_true", help="print the plan of runs as JSON and exit")
+
     demo = add_command("demo", help="build a built-in data set, train MixIT, SURF and a supervised flow, compare them")
     demo.add_argument("name", nargs="?", choices=["digits", "speech"], default="digits",
                       help="data set of the demo (default: digits)")
@@ -179,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(quiet: bool) -> None:
+def configure_logging(quiet: bool, prefix: str = "") -> None:
+    """Send the package's log to stderr; ``prefix`` marks the lines of one benchmark worker."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -257,6 +301,21 @@ def run_command(args: argparse.Namespace) -> int:
 
         evaluate_model(args.model, args.data, args.out, steps=args.steps, seed=args.seed, overwrite=args.overwrite,
                        perceptual=args.perceptual, limit=args.limit)
+    elif args.command == "bench":
+        from surfsep.bench import BenchSettings, check_settings, plan, read_train_overrides, run_bench
+
+        settings = BenchSettings(
+            data=str(args.data), out=str(args.out), samples=args.samples, methods=args.methods or list(BENCH_ARMS),
+            seeds=args.seeds, points=args.points, init_fraction=args.init_fraction, teacher_start=args.teacher_start,
+            sweep=args.sweep, valid_limit=args.valid_limit, test_limit=args.test_limit, jobs=args.jobs,
+            threads=args.threads, train=read_train_overrides(args.config, {"batch_size": args.batch_size}),
+        )
+        if args.dry_run:
+            check_settings(settings)
+            print(json.dumps(plan(settings), indent=1))
+            return 0
+        results = run_bench(settings, command="surfsep " + " ".join(sys.argv[1:]), quiet=args.quiet)
+        print(results["table"])
     elif args.command == "demo":
         if args.name == "speech":
             from surfsep.demo_speech import run_speech_demo

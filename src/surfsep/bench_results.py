@@ -1,0 +1,217 @@
+"""The benchmark's outputs: results.json, results.csv, a Markdown table and a plot of the learning curves.
+
+The table reports each method at the full budget. With two or more seeds the mean and the 95%
+interval are over seeds (t distribution); with one seed the interval is over the test mixtures
+(normal approximation), and the table says which.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import platform
+from datetime import datetime, timezone
+
+import numpy as np
+
+from surfsep import __version__
+from surfsep.bench import ARMS, BenchSettings, budget_steps, load_results, mean_interval
+from surfsep.bench_scoring import reference_set
+from surfsep.files import atomic_write_bytes, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+LABELS = {
+    "supervised-flow": "supervised flow (clean sources)",
+    "supervised-regression": "supervised PIT regression (clean sources)",
+    "mixit": "MixIT",
+    "remixit": "RemixIT",
+    "self-remixing": "Self-Remixing",
+    "surf": "SURF (remixit-flow)",
+    "surf-self-remixing-flow": "SURF (self-remixing-flow)",
+}
+METRIC_TEXT = {"psnr": ("PSNR", "dB"), "si_sdri": ("SI-SDRi", "dB")}
+
+
+def mixture_baseline(settings: BenchSettings, sources: int, modality: str) -> dict[str, float]:
+    """Mean scores of the mixture itself as every source's estimate, on the test split."""
+    references = reference_set(settings.data, "test", sources, settings.test_limit)
+    if modality == "image":
+        from surfsep.evaluate import score_mixture_baseline
+
+        baseline = score_mixture_baseline(references)
+        return {"psnr": float(baseline["psnr"].mean()), "ssim": float(baseline["ssim"].mean())}
+    import torch
+
+    from surfsep.audio_metrics import score_audio
+
+    values = []
+    for index in range(len(references)):
+        mixture, clean = references.read(index)
+        mixture = torch.from_numpy(mixture)
+        as_estimates = mixture.expand(clean.shape[0], -1).unsqueeze(0)
+        values.append(float(score_audio(as_estimates, torch.from_numpy(clean).unsqueeze(0), mixture.unsqueeze(0))["si_sdr"][0]))
+    return {"si_sdr": float(np.nanmean(values)), "si_sdri": 0.0}
+
+
+def summarise_arm(records: list[dict], seeds: list[int], role: str = "student") -> dict | None:
+    """Full-budget summary of one method over its seeds; None until every seed has finished."""
+    finals = {record["seed"]: record for record in records if record["final"]}
+    if any(seed not in finals for seed in seeds):
+        return None
+    rows = [finals[seed] if role == "student" else finals[seed].get("teacher") for seed in seeds]
+    if any(row is None for row in rows):
+        return None
+    primary = finals[seeds[0]]["metric"]
+    seed_means = [row["test"][primary] for row in rows]
+    mean, half = mean_interval(seed_means)
+    interval_over = "seeds"
+    if half is None:
+        per_file = np.array([value for value in rows[0]["per_file"] if value is not None])
+        half = float(1.96 * per_file.std(ddof=1) / np.sqrt(len(per_file))) if len(per_file) > 1 else None
+        interval_over = "test mixtures"
+    summary = {
+        "mean": mean, "ci95": None if half is None else [mean - half, mean + half], "interval_over": interval_over,
+        "seed_means": seed_means, "all_metrics": {name: float(np.mean([row["test"][name] for row in rows]))
+                                                  for name in rows[0]["test"]},
+        "sampler_steps": [row["sampler_steps"] for row in rows],
+        "samples_seen": finals[seeds[0]]["samples_seen"],
+        "training_seconds": float(np.mean([finals[seed]["training_seconds"] for seed in seeds])),
+        "threads": finals[seeds[0]]["threads"],
+    }
+    if role == "student" and "sweep_test" in rows[0]:
+        summary["sweep"] = {count: float(np.mean([row["sweep_test"][count][primary] for row in rows]))
+                            for count in rows[0]["sweep_test"]}
+    return summary
+
+
+def curves(records: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
+    """Per method, (samples seen, mean test score over the seeds that reached it, seed count) at each point."""
+    points: dict[str, dict[int, list[float]]] = {}
+    for record in records:
+        points.setdefault(record["arm"], {}).setdefault(record["samples_seen"], []).append(
+            record["test"][record["metric"]])
+    return {arm: [(samples, float(np.mean(values)), len(values)) for samples, values in sorted(by_samples.items())]
+            for arm, by_samples in points.items()}
+
+
+def format_number(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, primary: str, missing: list[str]) -> str:
+    name, unit = METRIC_TEXT[primary]
+    seeds = ", ".join(str(seed) for seed in settings.seeds)
+    over = next((summary["interval_over"] for summary in summaries.values() if summary), "seeds")
+    lines = [
+        f"Test {name} ({unit}) at the full budget of {settings.samples:,} training mixtures per method "
+        f"({budget_steps(settings):,} steps), seeds {seeds}; 95% interval over {over}. Flows use the sampler "
+        f"steps that scored best on valid/ (listed per seed).",
+        "",
+        f"| method | {name} {unit} | 95% interval | sampler steps | samples seen | training minutes | CPU minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    mixture_value = mixture.get("psnr" if primary == "psnr" else "si_sdri")
+    lines.append(f"| the mixture itself | {format_number(mixture_value)} | | | | | |")
+    for key, summary in summaries.items():
+        if summary is None:
+            continue
+        interval = "" if summary["ci95"] is None else f"{summary['ci95'][0]:.2f} to {summary['ci95'][1]:.2f}"
+        minutes = summary["training_seconds"] / 60.0
+        lines.append(
+            f"| {label(key)} | {summary['mean']:.2f} | {interval} | {'/'.join(map(str, summary['sampler_steps']))} | "
+            f"{summary['samples_seen']:,} | {minutes:.1f} | {minutes * summary['threads']:.1f} |")
+    if missing:
+        lines += ["", f"Not finished yet: {', '.join(missing)}."]
+    sweeps = {key: summary["sweep"] for key, summary in summaries.items() if summary and "sweep" in summary}
+    if sweeps:
+        counts = list(next(iter(sweeps.values())))
+        lines += ["", f"Test {name} ({unit}) of the flows at the full budget by sampler steps "
+                      f"(Euler, mean over seeds):", "",
+                  "| method | " + " | ".join(f"{count} step{'' if count == '1' else 's'}" for count in counts) + " |",
+                  "|---|" + "---|" * len(counts)]
+        for key, sweep in sweeps.items():
+            lines.append(f"| {label(key)} | " + " | ".join(f"{sweep[count]:.2f}" for count in counts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def label(key: str) -> str:
+    if key.endswith(":teacher"):
+        return f"{LABELS[key.split(':')[0]]}, its teacher"
+    return LABELS[key]
+
+
+def plot_curves(path, curve_data: dict, mixture_value: float | None, primary: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    name, unit = METRIC_TEXT[primary]
+    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
+    for arm, points in curve_data.items():
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=LABELS[arm])
+    if mixture_value is not None:
+        axes.axhline(mixture_value, color="grey", linestyle="--", label="the mixture itself")
+    axes.set_xlabel("training mixtures seen")
+    axes.set_ylabel(f"test {name} ({unit})")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    pyplot.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_results(settings: BenchSettings) -> dict:
+    """Gather every stage result into results.json, results.csv, results.md and curve.png."""
+    records = load_results(settings)
+    if not records:
+        raise ValueError(f"{settings.folder} holds no finished stage yet")
+    primary = records[0]["metric"]
+    modality = records[0]["modality"]
+    sources = int(settings.train.get("sources", 2))
+    mixture = mixture_baseline(settings, sources, modality)
+
+    summaries: dict[str, dict | None] = {}
+    missing = []
+    for arm in ARMS:
+        if arm not in settings.methods:
+            continue
+        arm_records = [record for record in records if record["arm"] == arm]
+        summaries[arm] = summarise_arm(arm_records, settings.seeds)
+        if summaries[arm] is None:
+            missing.append(arm)
+        teacher = summarise_arm(arm_records, settings.seeds, role="teacher")
+        if teacher is not None:
+            summaries[f"{arm}:teacher"] = teacher
+    curve_data = curves(records)
+
+    folder = settings.folder
+    results = {
+        "settings": settings.to_dict(), "metric": primary, "mixture": mixture, "summary": summaries,
+        "curves": curve_data, "records": records, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"surfsep": __version__, "python": platform.python_version()},
+        "machine": {"processor": platform.machine(), "system": platform.system()},
+    }
+    atomic_write_json(folder / "results.json", results)
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    metric_names = sorted({name for record in records for name in record["test"]})
+    writer.writerow(["method", "variant", "seed", "total_steps", "samples_seen", "training_seconds", "sampler_steps",
+                     *[f"test_{name}" for name in metric_names], "final"])
+    for record in records:
+        writer.writerow([record["arm"], record["variant"] or "", record["seed"], record["total_steps"],
+                         record["samples_seen"], record["training_seconds"], record["sampler_steps"],
+                         *[f"{record['test'].get(name, float('nan')):.4f}" for name in metric_names], record["final"]])
+    atomic_write_bytes(folder / "results.csv", buffer.getvalue().encode())
+
+    table = markdown_table(settings, summaries, mixture, primary, missing)
+    atomic_write_bytes(folder / "results.md", table.encode())
+    plot_curves(folder / "curve.png", curve_data, mixture.get("psnr" if primary == "psnr" else "si_sdri"), primary)
+    logger.info("bench: results in %s (results.md, results.csv, results.json, curve.png)", folder)
+    results["table"] = table
+    return results

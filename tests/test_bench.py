@@ -1,0 +1,228 @@
+"""``surfsep bench``: equal budgets, choices made on valid/, outputs, and resuming without redoing work."""
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_surfsep
+from surfsep.bench import ARMS, BenchSettings, init_steps, point_steps, run_bench, stages
+
+SMALL = {"channels": [8, 16], "log_every": 5, "batch_size": 16}
+
+
+def bench_args(data, out, *extra, samples=320, methods=None):
+    args = ["bench", "--data", str(data), "--out", str(out), "--samples", str(samples), "--points", "2",
+            "--sweep", "1,2", "--valid-limit", "4", "--test-limit", "6", "--config", str(out.parent / "small.yaml")]
+    if methods:
+        args += ["--methods", ",".join(methods)]
+    return args + list(extra)
+
+
+@pytest.fixture
+def small_yaml(tmp_path):
+    (tmp_path / "small.yaml").write_text("channels: [8, 16]\nlog_every: 5\nbatch_size: 16\n")
+    return tmp_path / "small.yaml"
+
+
+@pytest.fixture(scope="module")
+def full_bench(digits_dir, tmp_path_factory):
+    """Every method, one seed, 20 steps of 16 mixtures, scored at 10 and 20 steps."""
+    folder = tmp_path_factory.mktemp("bench")
+    (folder / "small.yaml").write_text("channels: [8, 16]\nlog_every: 5\nbatch_size: 16\n")
+    result = run_surfsep(*bench_args(digits_dir, folder / "b"))
+    return folder / "b", result
+
+
+def records(bench: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((bench / "results").rglob("step*.json"))]
+
+
+def test_methods_share_budget_and_test_split(full_bench):
+    bench, result = full_bench
+    finals = [record for record in records(bench) if record["final"]]
+    assert sorted(record["arm"] for record in finals) == sorted(ARMS)
+    assert {record["samples_seen"] for record in finals} == {320}
+    assert {record["test_mixtures"] for record in finals} == {6}
+    assert all(record["sampler_steps"] in (1, 2) for record in finals)
+    for record in finals:
+        one_step = record["arm"] in ("mixit", "remixit", "self-remixing", "supervised-regression")
+        assert (record["valid"] == {}) == one_step, record["arm"]
+        assert ("sweep_test" in record) != one_step, record["arm"]
+        if not one_step:
+            # The reported score is the sweep entry of the steps chosen on valid/.
+            assert record["test"] == record["sweep_test"][str(record["sampler_steps"])]
+            best = max(record["valid"].values())
+            assert record["valid"][str(record["sampler_steps"])] == best
+    assert "| SURF (remixit-flow) |" in result.stdout
+    assert "| the mixture itself |" in result.stdout
+
+
+def test_teacher_methods_count_their_mixit_start(full_bench):
+    bench, _ = full_bench
+    surf = [record for record in records(bench) if record["arm"] == "surf"]
+    # 20 steps, MixIT start 5 steps (a quarter): SURF itself trains 5 and then 15 steps.
+    assert [(record["total_steps"], record["own_steps"]) for record in surf] == [(10, 5), (20, 15)]
+    start = json.loads((bench / "runs" / "mixit-start" / "seed0" / "model.json").read_text())
+    assert start["training"]["steps"] == 5
+    assert surf[-1]["training_seconds"] >= start["training"]["seconds"]
+    assert "teacher" in surf[-1]
+    surf_model = json.loads((bench / "runs" / "surf" / "seed0" / "model.json").read_text())
+    assert surf_model["training"]["init"].endswith("mixit-start/seed0")
+
+
+def test_outputs_hold_every_stage(full_bench):
+    bench, _ = full_bench
+    with open(bench / "results.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 2 * len(ARMS)
+    results = json.loads((bench / "results.json").read_text())
+    assert results["metric"] == "psnr"
+    assert set(results["summary"]) >= set(ARMS)
+    assert results["summary"]["surf"]["interval_over"] == "test mixtures"
+    assert (bench / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (bench / "results.md").read_text()
+    assert "| 1 step | 2 steps |" in table
+    bench_file = json.loads((bench / "bench.json").read_text())
+    assert bench_file["commands"][0].startswith("surfsep bench --data")
+
+
+def test_finished_benchmark_trains_nothing_again(full_bench, digits_dir):
+    bench, _ = full_bench
+    before = {path: path.stat().st_mtime_ns for path in (bench / "results").rglob("*.json")}
+    # Without the run folders, as in a fresh clone holding only the results.
+    moved = bench.parent / "runs-aside"
+    shutil.move(bench / "runs", moved)
+    try:
+        result = run_surfsep(*bench_args(digits_dir, bench))
+        assert "0 of 7 runs have stages left to train" in result.stderr
+        assert not (bench / "runs").exists()
+        assert {path: path.stat().st_mtime_ns for path in before} == before
+    finally:
+        shutil.move(moved, bench / "runs")
+
+
+def test_killed_benchmark_resumes_to_the_same_scores(digits_dir, tmp_path, small_yaml):
+    methods = ["mixit", "surf"]
+    reference = tmp_path / "reference"
+    run_surfsep(*bench_args(digits_dir, reference, methods=methods))
+
+    bench = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "surfsep", *bench_args(digits_dir, bench, methods=methods)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((bench / "results").rglob("step*.json")) if (bench / "results").exists() else True:
+        assert process.poll() is None, "the benchmark ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list((bench / "results").rglob("step*.json")))
+    assert finished < 4
+
+    result = run_surfsep(*bench_args(digits_dir, bench, methods=methods))
+    assert "have stages left to train" in result.stderr
+    for first, second in zip(records(reference), records(bench)):
+        assert (first["arm"], first["total_steps"]) == (second["arm"], second["total_steps"])
+        assert first["test"] == second["test"]
+
+
+def test_parallel_jobs_give_the_same_scores(digits_dir, tmp_path):
+    settings = dict(data=str(digits_dir), samples=160, methods=["supervised-flow", "mixit", "surf"], points=1,
+                    sweep=[1], valid_limit=2, test_limit=4, threads=1, train=SMALL)
+    serial = run_bench(BenchSettings(out=str(tmp_path / "serial"), **settings))
+    parallel = run_bench(BenchSettings(out=str(tmp_path / "parallel"), jobs=2, **settings))
+    for first, second in zip(serial["records"], parallel["records"]):
+        assert first["test"] == second["test"]
+
+
+def test_methods_and_seeds_can_be_added(digits_dir, tmp_path, small_yaml):
+    bench = tmp_path / "b"
+    run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["mixit"]))
+    result = run_surfsep(*bench_args(digits_dir, bench, "--points", "1", "--seeds", "1", samples=160,
+                                     methods=["supervised-regression"]))
+    settings = json.loads((bench / "bench.json").read_text())["settings"]
+    assert settings["methods"] == ["mixit", "supervised-regression"]
+    assert settings["seeds"] == [0, 1]
+    # Each method has run one of the two seeds, so neither has a full-budget row yet.
+    assert "Not finished yet: supervised-regression, mixit" in result.stdout or \
+        "Not finished yet: mixit, supervised-regression" in result.stdout
+
+
+def test_changed_budget_is_refused(digits_dir, tmp_path, small_yaml):
+    bench = tmp_path / "b"
+    run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["mixit"]))
+    result = run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=320, methods=["mixit"]),
+                         check=False)
+    assert result.returncode == 2
+    assert "samples (160 there, 320 now)" in result.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--methods", "mixit,pit"], "unknown method pit"),
+    (["--samples", "16"], "gives 1 steps of batch 16, fewer than --points 2"),
+    (["--init-fraction", "1.5"], "--init-fraction must be between 0 and 1"),
+    (["--seeds", "0,0"], "--seeds must name distinct seeds"),
+    (["--seeds", "a"], "expected a comma-separated list of int values"),
+])
+def test_bad_settings_are_named(extra, message, digits_dir, tmp_path, small_yaml):
+    result = run_surfsep(*bench_args(digits_dir, tmp_path / "b"), *extra, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_config_may_not_set_what_the_benchmark_sets(digits_dir, tmp_path, small_yaml):
+    small_yaml.write_text("steps: 100\nseed: 3\n")
+    result = run_surfsep(*bench_args(digits_dir, tmp_path / "b"), check=False)
+    assert result.returncode == 2
+    assert "the benchmark sets seed, steps for every run itself" in result.stderr
+
+
+def test_data_without_splits_is_refused(digits_dir, tmp_path, small_yaml):
+    result = run_surfsep(*bench_args(digits_dir / "train", tmp_path / "b"), check=False)
+    assert result.returncode == 2
+    assert "train/mix, valid/mix, test/mix" in result.stderr
+
+
+def test_dry_run_prints_the_plan(digits_dir, tmp_path, small_yaml):
+    result = run_surfsep(*bench_args(digits_dir, tmp_path / "b", "--dry-run", samples=640))
+    plan = json.loads(result.stdout)
+    assert plan["budget_steps"] == 40
+    assert plan["mixit_start_steps"] == 10
+    assert plan["runs"]["surf"]["stages_total_steps"] == [20, 40]
+    assert plan["runs"]["surf"]["own_steps"] == [10, 30]
+    assert plan["runs"]["surf"]["config"]["channels"] == [8, 16]
+    assert not (tmp_path / "b").exists()
+
+
+def test_scratch_start_trains_the_whole_budget(tmp_path):
+    settings = BenchSettings(data="-", out=str(tmp_path), samples=640, points=4, teacher_start="scratch",
+                             train={"batch_size": 16})
+    assert point_steps(settings) == [10, 20, 30, 40]
+    assert stages(settings, "surf") == [(10, 10), (20, 20), (30, 30), (40, 40)]
+    # From a MixIT start of 10 steps the first point is the start itself, so it is left out.
+    from_mixit = dataclasses.replace(settings, teacher_start="mixit")
+    assert init_steps(from_mixit) == 10
+    assert stages(from_mixit, "surf") == [(20, 10), (30, 20), (40, 30)]
+    assert stages(from_mixit, "mixit") == stages(settings, "mixit") == [(10, 10), (20, 20), (30, 30), (40, 40)]
+
+
+def test_audio_benchmark_scores_si_sdri(tones_dir, tmp_path):
+    (tmp_path / "tiny.yaml").write_text("channels: [8, 8, 16]\nbatch_size: 4\nsegment_seconds: 0.25\nlog_every: 2\n")
+    result = run_surfsep("bench", "--data", str(tones_dir), "--out", str(tmp_path / "b"), "--samples", "16",
+                         "--points", "1", "--sweep", "1,2", "--methods", "mixit,supervised-flow,surf",
+                         "--config", str(tmp_path / "tiny.yaml"))
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["metric"] == "si_sdri"
+    assert results["mixture"]["si_sdri"] == 0.0
+    assert set(results["summary"]["surf"]["all_metrics"]) == {"si_sdri", "si_sdr"}
+    assert "| method | SI-SDRi dB |" in result.stdout
