@@ -280,6 +280,10 @@ def unit_worker(settings: dict, arm: str, seed: int, quiet: bool) -> list[str]:
 
     from surfsep.cli import configure_logging
 
+    for handler in list(logging.getLogger("surfsep").handlers):
+        # The worker's own console handler, set up when it started; the prefixed one replaces it.
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            logging.getLogger("surfsep").removeHandler(handler)
     configure_logging(quiet, prefix=f"[{arm} seed {seed}] ")
     torch.set_num_threads(settings["threads"])
     return [str(path) for path in run_unit(BenchSettings(**settings), arm, seed)]
@@ -291,7 +295,7 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
 
     check_settings(settings)
     write_bench_file(settings, command)
-    logger.info("bench: %d methods x %d seeds, %d samples (%d steps of batch %d) each, %d jobs of %d threads",
+    logger.info("bench: %d method(s) x %d seed(s), %d samples (%d steps of batch %d) each, %d job(s) of %d thread(s)",
                 len(settings.methods), len(settings.seeds), settings.samples, budget_steps(settings),
                 base_config(settings).batch_size, settings.jobs, settings.threads)
     units = [(arm, seed) for arm in settings.methods for seed in settings.seeds

@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
 
     separate = add_command("separate", help="separate mixture files (PNG or audio) into one file per source")
-    separate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
+    separate.add_argument("model", type=Path,
+                          help="run or model folder written by `surfsep train`, or a built-in model: builtin:digits")
     separate.add_argument("inputs", type=Path, nargs="+",
                           help="mixture files (PNG for image models; WAV, FLAC, OGG or MP3 for audio models) or folders")
     separate.add_argument("--out", type=Path, required=True, help="folder for s1/ ... sK/ outputs")
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = add_command("evaluate", help="score a model against references (images: PSNR, SSIM; audio: SI-SDR, "
                                             "SI-SDRi, SDR, SIR, SAR)")
-    evaluate.add_argument("model", type=Path, help="run or model folder written by `surfsep train`")
+    evaluate.add_argument("model", type=Path,
+                          help="run or model folder written by `surfsep train`, or a built-in model: builtin:digits")
     evaluate.add_argument("--data", type=Path, required=True, help="split folder with mix/ and s1/ ... sK/")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for per_file.csv and summary.json")
     evaluate.add_argument("--steps", type=int, help="sampler steps (default: the model's)")

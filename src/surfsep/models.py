@@ -11,6 +11,7 @@ import json
 import logging
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,29 @@ def save_model(folder: Path, network: nn.Module, metadata: dict) -> None:
     atomic_write_json(folder / "model.json", document)
 
 
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_root() -> Path:
+    """The folder of the models shipped inside the package, one subfolder per name."""
+    return Path(str(resources.files("surfsep").joinpath("builtin")))
+
+
+def builtin_models() -> list[str]:
+    root = builtin_root()
+    return sorted(folder.name for folder in root.iterdir() if (folder / "model.json").is_file()) if root.is_dir() else []
+
+
 def resolve_model_folder(path: Path) -> Path:
-    """Accept a run or model folder, or its model.json, and return the folder holding both files."""
+    """Accept a run or model folder, its model.json, or ``builtin:NAME``, and return the folder holding both files."""
+    text = str(path)
+    if text.startswith(BUILTIN_PREFIX) and not Path(text).exists():
+        name = text[len(BUILTIN_PREFIX):]
+        available = builtin_models()
+        if name not in available:
+            raise ModelError(f"no built-in model {name!r}; available: "
+                             f"{', '.join(BUILTIN_PREFIX + item for item in available) or 'none in this installation'}")
+        path = builtin_root() / name
     path = Path(path)
     folder = path.parent if path.name == "model.json" else path
     if not (folder / "model.json").is_file():

@@ -1,0 +1,42 @@
+"""Models shipped in the package, loaded as builtin:NAME."""
+
+import shutil
+
+import pytest
+
+import surfsep
+from conftest import run_surfsep
+from surfsep import models
+from surfsep.models import ModelError, resolve_model_folder
+
+
+@pytest.fixture
+def builtin_folder(tmp_path, monkeypatch, digits_dir):
+    """A built-in folder holding one small trained model named 'tiny'."""
+    run = tmp_path / "run"
+    run_surfsep("train", "--method", "mixit", "--data", str(digits_dir / "train"), "--out", str(run), "--steps", "2",
+                "--channels", "8", "16", "--batch-size", "16", "--threads", "1")
+    root = tmp_path / "builtin"
+    (root / "tiny").mkdir(parents=True)
+    for name in ("model.json", "model.safetensors"):
+        shutil.copyfile(run / name, root / "tiny" / name)
+    (root / "empty").mkdir()
+    monkeypatch.setattr(models, "builtin_root", lambda: root)
+    return root
+
+
+def test_builtin_name_resolves_to_package_folder(builtin_folder):
+    assert resolve_model_folder("builtin:tiny") == builtin_folder / "tiny"
+    separator = surfsep.load("builtin:tiny")
+    assert separator.sources == 2
+
+
+def test_unknown_builtin_lists_available(builtin_folder):
+    with pytest.raises(ModelError, match=r"no built-in model 'digitz'; available: builtin:tiny$"):
+        resolve_model_folder("builtin:digitz")
+
+
+def test_existing_folder_named_like_builtin_wins(builtin_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(builtin_folder / "tiny", tmp_path / "builtin:tiny")
+    assert resolve_model_folder("builtin:tiny").resolve() == tmp_path / "builtin:tiny"
