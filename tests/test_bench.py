@@ -83,7 +83,10 @@ def test_outputs_hold_every_stage(full_bench):
     bench, _ = full_bench
     with open(bench / "results.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert len(rows) == 2 * len(ARMS)
+    teacher_rows = [row for row in rows if row["model"] == "teacher"]
+    assert len(rows) == 2 * len(ARMS) + len(teacher_rows)
+    assert sorted(row["method"] for row in teacher_rows) == sorted(("remixit", "self-remixing", "surf",
+                                                                    "surf-self-remixing-flow"))
     results = json.loads((bench / "results.json").read_text())
     assert results["metric"] == "psnr"
     assert set(results["summary"]) >= set(ARMS)
@@ -91,6 +94,9 @@ def test_outputs_hold_every_stage(full_bench):
     assert (bench / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (bench / "results.md").read_text()
     assert "| 1 step | 2 steps |" in table
+    assert "95% interval over test mixtures (normal approximation)" in table
+    assert "network slot-unet [8, 16]" in table
+    assert results["curves"]["mixit"][-1]["samples_seen"] == 320
     bench_file = json.loads((bench / "bench.json").read_text())
     assert bench_file["commands"][0].startswith("surfsep bench --data")
 
@@ -169,7 +175,9 @@ def test_changed_budget_is_refused(digits_dir, tmp_path, small_yaml):
 @pytest.mark.parametrize("extra,message", [
     (["--methods", "mixit,pit"], "unknown method pit"),
     (["--samples", "16"], "gives 1 steps of batch 16, fewer than --points 2"),
-    (["--init-fraction", "1.5"], "--init-fraction must be between 0 and 1"),
+    (["--init-fraction", "1.5"], "--init-fraction must be above 0 and below 1"),
+    (["--seeds", "-1"], "--seeds must be 0 or more, got [-1]"),
+    (["--methods", ""], "expected a comma-separated list with no empty entries"),
     (["--seeds", "0,0"], "--seeds must name distinct seeds"),
     (["--seeds", "a"], "expected a comma-separated list of int values"),
 ])
@@ -191,6 +199,25 @@ def test_data_without_splits_is_refused(digits_dir, tmp_path, small_yaml):
     result = run_surfsep(*bench_args(digits_dir / "train", tmp_path / "b"), check=False)
     assert result.returncode == 2
     assert "train/mix, valid/mix, test/mix" in result.stderr
+    missing = run_surfsep(*bench_args(tmp_path / "nothere", tmp_path / "b"), check=False)
+    assert "data folder" in missing.stderr
+    assert "not found" in missing.stderr
+
+
+def test_config_may_not_set_threads(digits_dir, tmp_path, small_yaml):
+    small_yaml.write_text("threads: 2\n")
+    result = run_surfsep(*bench_args(digits_dir, tmp_path / "b"), check=False)
+    assert result.returncode == 2
+    assert "the benchmark sets threads for every run itself" in result.stderr
+
+
+def test_dry_run_checks_existing_benchmark(digits_dir, tmp_path, small_yaml):
+    bench = tmp_path / "b"
+    run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["mixit"]))
+    result = run_surfsep(*bench_args(digits_dir, bench, "--points", "1", "--dry-run", samples=320,
+                                     methods=["mixit"]), check=False)
+    assert result.returncode == 2
+    assert "samples (160 there, 320 now)" in result.stderr
 
 
 def test_dry_run_prints_the_plan(digits_dir, tmp_path, small_yaml):
@@ -201,6 +228,7 @@ def test_dry_run_prints_the_plan(digits_dir, tmp_path, small_yaml):
     assert plan["runs"]["surf"]["stages_total_steps"] == [20, 40]
     assert plan["runs"]["surf"]["own_steps"] == [10, 30]
     assert plan["runs"]["surf"]["config"]["channels"] == [8, 16]
+    assert plan["runs"]["surf"]["config"]["steps"] == 30
     assert not (tmp_path / "b").exists()
 
 

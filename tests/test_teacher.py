@@ -97,3 +97,17 @@ def test_run_saved_before_teacher_options_resumes(digits_dir, mixit_init, tmp_pa
     (run / "config.json").write_text(json.dumps(saved))
     surf_run(digits_dir, mixit_init, run, 3)
     assert json.loads((run / "model.json").read_text())["training"]["steps"] == 3
+
+
+def test_teacher_settings_without_teacher_warn(digits_dir, tmp_path):
+    result = run_surfsep("train", "--method", "mixit", "--data", str(digits_dir / "train"), "--out", str(tmp_path / "run"),
+                         "--steps", "1", "--channels", "8", "16", "--batch-size", "16", "--teacher-update", "replace")
+    assert "method mixit has no teacher, so --teacher-update has no effect" in result.stderr
+
+
+def test_negative_seed_is_rejected_before_writing(digits_dir, tmp_path):
+    result = run_surfsep("train", "--method", "mixit", "--data", str(digits_dir / "train"), "--out", str(tmp_path / "run"),
+                         "--seed", "-1", check=False)
+    assert result.returncode == 2
+    assert "--seed must be 0 or more, got -1" in result.stderr
+    assert not (tmp_path / "run").exists()

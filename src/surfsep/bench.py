@@ -1,8 +1,8 @@
 """``surfsep bench``: every chosen method trained on the same data, network and budget, then scored alike.
 
 The budget is counted in training mixtures seen. Each method and seed is one training run, trained
-in stages: at each of ``points`` evenly spaced budgets the run stops, its student is scored on the
-test split, and the score is written to a small JSON file before training goes on. A finished
+in stages. At each of ``points`` evenly spaced budgets the run stops and its student is scored on
+the test split. The score goes to a small JSON file before training goes on. A finished
 stage is never redone, so an interrupted benchmark resumes from the last stage and checkpoint.
 
 Methods with a teacher start from the same seed's MixIT run, stopped at ``init_fraction`` of the
@@ -45,7 +45,8 @@ ARMS = {
 }
 TEACHER_ARMS = ("remixit", "self-remixing", "surf", "surf-self-remixing-flow")
 # Settings that the benchmark sets for each run; a --config file may not set them.
-BENCH_OWNED = ("method", "variant", "data", "out", "steps", "seed", "init", "valid", "valid_every", "teacher_start")
+BENCH_OWNED = ("method", "variant", "data", "out", "steps", "seed", "init", "valid", "valid_every", "teacher_start",
+               "threads")
 # Settings that may change between invocations of one benchmark.
 EXTENSIBLE = ("methods", "seeds", "jobs", "threads")
 
@@ -56,7 +57,7 @@ class BenchError(ValueError):
 
 @dataclass
 class BenchSettings:
-    """Everything that decides a benchmark. ``train`` holds the TrainConfig settings shared by all runs."""
+    """Everything that decides a benchmark. ``train`` contains the TrainConfig settings shared by all runs."""
 
     data: str
     out: str
@@ -101,14 +102,18 @@ def check_settings(settings: BenchSettings) -> None:
         (len(set(settings.methods)) == len(settings.methods), f"--methods repeats a method: {settings.methods}"),
         (len(settings.seeds) >= 1 and len(set(settings.seeds)) == len(settings.seeds),
          f"--seeds must name distinct seeds, got {settings.seeds}"),
+        (min(settings.seeds, default=0) >= 0, f"--seeds must be 0 or more, got {settings.seeds}"),
         (settings.samples >= 1, f"--samples must be at least 1, got {settings.samples}"),
         (settings.points >= 1, f"--points must be at least 1, got {settings.points}"),
-        (0.0 < settings.init_fraction < 1.0, f"--init-fraction must be between 0 and 1, got {settings.init_fraction}"),
+        (0.0 < settings.init_fraction < 1.0,
+         f"--init-fraction must be above 0 and below 1, got {settings.init_fraction}"),
         (settings.teacher_start in ("mixit", "scratch"),
          f"--teacher-start must be 'mixit' or 'scratch', got {settings.teacher_start!r}"),
-        (len(settings.sweep) >= 1 and min(settings.sweep) >= 1, f"--sweep must be positive step counts, got {settings.sweep}"),
+        (len(settings.sweep) >= 1 and min(settings.sweep) >= 1,
+         f"--sweep must be positive step counts, got {settings.sweep}"),
         (settings.valid_limit >= 1, f"--valid-limit must be at least 1, got {settings.valid_limit}"),
-        (settings.test_limit is None or settings.test_limit >= 1, f"--test-limit must be at least 1, got {settings.test_limit}"),
+        (settings.test_limit is None or settings.test_limit >= 1,
+         f"--test-limit must be at least 1, got {settings.test_limit}"),
         (settings.jobs >= 1, f"--jobs must be at least 1, got {settings.jobs}"),
         (settings.threads >= 1, f"--threads must be at least 1, got {settings.threads}"),
     ]
@@ -116,13 +121,25 @@ def check_settings(settings: BenchSettings) -> None:
         if not passed:
             raise BenchError(message)
     root = Path(settings.data)
+    if not root.is_dir():
+        raise BenchError(f"data folder {root} not found; pass the folder that contains train/, valid/ and test/")
     missing = [split for split in ("train", "valid", "test") if not (root / split / "mix").is_dir()
                and not (root / split / "mix_clean").is_dir()]
     if missing:
-        raise BenchError(f"{root} has no {', '.join(split + '/mix' for split in missing)}: the benchmark needs a data "
-                         f"set with train/, valid/ and test/ splits, each with mix/ and s1/ ... sK/ "
-                         f"(write one with `surfsep data digits --out {root}`)")
-    budget_steps(settings)
+        raise BenchError(f"{root} has no {', '.join(split + '/mix' for split in missing)}: the benchmark needs the "
+                         f"folder that contains train/, valid/ and test/, each with mix/ and s1/ ... sK/, as "
+                         f"`surfsep data NAME --out DIR` writes them")
+    steps = budget_steps(settings)
+    if steps * base_config(settings).batch_size != settings.samples:
+        logger.warning("bench: --samples %d is not a multiple of the batch size %d, so every method sees %d mixtures",
+                       settings.samples, base_config(settings).batch_size, steps * base_config(settings).batch_size)
+    if steps < base_config(settings).warmup_steps:
+        logger.warning("bench: the budget of %d steps is shorter than the %d warm-up steps, so the learning rate never "
+                       "reaches its set value", steps, base_config(settings).warmup_steps)
+    dropped = [total for total in point_steps(settings) if total <= init_steps(settings)]
+    if dropped and settings.teacher_start == "mixit" and set(settings.methods) & set(TEACHER_ARMS):
+        logger.info("bench: the teacher methods have no score at step %s, which falls within their MixIT start",
+                    ", ".join(map(str, dropped)))
     for arm in settings.methods:
         validate_config(run_config(settings, arm, settings.seeds[0], steps=1))
 
@@ -169,7 +186,7 @@ def result_path(settings: BenchSettings, arm: str, seed: int, total_steps: int) 
 
 
 def run_config(settings: BenchSettings, arm: str, seed: int, steps: int) -> TrainConfig:
-    """The training config of ``arm`` for ``seed``, trained to ``steps`` steps of its own run."""
+    """Return the training config of ``arm`` for ``seed``, trained to ``steps`` steps of its own run."""
     method, variant = ARMS[arm]
     config = replace(base_config(settings), method=method, variant=variant, seed=seed, steps=steps,
                      out=str(run_folder(settings, arm, seed)))
@@ -182,36 +199,44 @@ def run_config(settings: BenchSettings, arm: str, seed: int, steps: int) -> Trai
 
 
 def stages(settings: BenchSettings, arm: str) -> list[tuple[int, int]]:
-    """The (total steps, own run steps) of each curve point of ``arm``; a MixIT start's steps count in the total."""
+    """List the (total steps, own run steps) of each curve point of ``arm``; a MixIT start counts in the total."""
     offset = init_steps(settings) if starts_from_mixit(settings, arm) else 0
     return [(total, total - offset) for total in point_steps(settings) if total > offset]
 
 
-def write_bench_file(settings: BenchSettings, command: str) -> None:
-    """Record the settings in bench.json, or check them against the benchmark already there."""
+def check_saved_settings(settings: BenchSettings) -> None:
+    """Raise BenchError when ``settings.out`` contains a benchmark whose settings differ from ``settings``."""
     path = settings.folder / "bench.json"
-    current = settings.to_dict()
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())["settings"]
+    differences = [f"{name} ({saved.get(name)!r} there, {value!r} now)" for name, value in settings.to_dict().items()
+                   if name not in EXTENSIBLE and name not in ("data", "out") and saved.get(name) != value]
+    if Path(saved.get("data", "")).resolve() != Path(settings.data).resolve():
+        differences.append(f"data ({saved.get('data')!r} there, {settings.data!r} now)")
+    if differences:
+        raise BenchError(f"{path} contains a benchmark with other settings: {'; '.join(differences)}. "
+                         f"Use the same settings to continue it (methods and seeds may be added), or a new --out")
+
+
+def write_bench_file(settings: BenchSettings, command: str) -> None:
+    """Record the settings and the command in bench.json, adding new methods and seeds to a benchmark there."""
+    path = settings.folder / "bench.json"
+    check_saved_settings(settings)
     if path.exists():
-        saved = json.loads(path.read_text())["settings"]
-        differences = [f"{name} ({saved.get(name)!r} there, {value!r} now)" for name, value in current.items()
-                       if name not in EXTENSIBLE and name not in ("data", "out") and saved.get(name) != value]
-        if Path(saved.get("data", "")).resolve() != Path(settings.data).resolve():
-            differences.append(f"data ({saved.get('data')!r} there, {settings.data!r} now)")
-        if differences:
-            raise BenchError(f"{path} holds a benchmark with other settings: {'; '.join(differences)}. "
-                             f"Use the same settings to continue it (methods and seeds may be added), or a new --out")
         record = json.loads(path.read_text())
+        saved = record["settings"]
         record["settings"]["methods"] = list(dict.fromkeys(saved["methods"] + settings.methods))
         record["settings"]["seeds"] = list(dict.fromkeys(saved["seeds"] + settings.seeds))
         record["commands"] = record.get("commands", []) + [command]
     else:
-        record = {"settings": current, "commands": [command]}
+        record = {"settings": settings.to_dict(), "commands": [command]}
     settings.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
 
 
 def plan(settings: BenchSettings) -> dict:
-    """The runs a benchmark makes, for ``--dry-run`` and the log."""
+    """Describe the runs a benchmark makes, for ``--dry-run``."""
     batch = base_config(settings).batch_size
     return {
         "settings": settings.to_dict(),
@@ -220,7 +245,7 @@ def plan(settings: BenchSettings) -> dict:
         "mixit_start_steps": init_steps(settings) if settings.teacher_start == "mixit" else None,
         "runs": {arm: {"stages_total_steps": [total for total, _ in stages(settings, arm)],
                        "own_steps": [own for _, own in stages(settings, arm)],
-                       "config": run_config(settings, arm, settings.seeds[0], budget_steps(settings)).to_dict()}
+                       "config": run_config(settings, arm, settings.seeds[0], stages(settings, arm)[-1][1]).to_dict()}
                  for arm in settings.methods},
     }
 
@@ -263,7 +288,11 @@ def run_unit(settings: BenchSettings, arm: str, seed: int) -> list[Path]:
             written.append(path)
             continue
         config = run_config(settings, arm, seed, own)
-        logger.info("bench: %s seed %d, training to step %d of %d", arm, seed, total, all_stages[-1][0])
+        if own == total:
+            logger.info("bench: %s seed %d, training to step %d of %d", arm, seed, total, all_stages[-1][0])
+        else:
+            logger.info("bench: %s seed %d, training to step %d of %d (%d after the %d-step MixIT start)", arm, seed,
+                        total, all_stages[-1][0], own, total - own)
         run = train(config)
         started = time.perf_counter()
         record = score_stage(settings, arm, seed, run, total, own, final=index == len(all_stages) - 1)
@@ -301,7 +330,8 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
     units = [(arm, seed) for arm in settings.methods for seed in settings.seeds
              if not all(result_path(settings, arm, seed, total).exists() for total, _ in stages(settings, arm))]
     start_seeds = sorted({seed for arm, seed in units if starts_from_mixit(settings, arm)})
-    logger.info("bench: %d of %d runs have stages left to train", len(units), len(settings.methods) * len(settings.seeds))
+    logger.info("bench: %d of %d runs have stages left to train", len(units),
+                len(settings.methods) * len(settings.seeds))
     if settings.jobs == 1:
         for seed in start_seeds:
             prepare_mixit_start(settings, seed)
@@ -309,8 +339,8 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
             run_unit(settings, arm, seed)
     else:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(settings.jobs, mp_context=context,
-                                                    initializer=start_worker, initargs=(quiet, settings.threads)) as pool:
+        with concurrent.futures.ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=start_worker,
+                                                    initargs=(quiet, settings.threads)) as pool:
             # The MixIT starts train in the MixIT run folders, so the MixIT and teacher runs wait for them;
             # the supervised runs share nothing with them and start at once.
             starts = [pool.submit(prepare_mixit_start, settings, seed) for seed in start_seeds]

@@ -2,7 +2,7 @@
 
 The table reports each method at the full budget. With two or more seeds the mean and the 95%
 interval are over seeds (t distribution); with one seed the interval is over the test mixtures
-(normal approximation), and the table says which.
+(normal approximation), and the table states which.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from surfsep import __version__
-from surfsep.bench import ARMS, BenchSettings, budget_steps, load_results, mean_interval
+from surfsep.bench import ARMS, BenchSettings, base_config, budget_steps, load_results, mean_interval
 from surfsep.bench_scoring import reference_set
 from surfsep.files import atomic_write_bytes, atomic_write_json
 
@@ -51,7 +51,8 @@ def mixture_baseline(settings: BenchSettings, sources: int, modality: str) -> di
         mixture, clean = references.read(index)
         mixture = torch.from_numpy(mixture)
         as_estimates = mixture.expand(clean.shape[0], -1).unsqueeze(0)
-        values.append(float(score_audio(as_estimates, torch.from_numpy(clean).unsqueeze(0), mixture.unsqueeze(0))["si_sdr"][0]))
+        scores = score_audio(as_estimates, torch.from_numpy(clean).unsqueeze(0), mixture.unsqueeze(0))
+        values.append(float(scores["si_sdr"][0]))
     return {"si_sdr": float(np.nanmean(values)), "si_sdri": 0.0}
 
 
@@ -86,13 +87,14 @@ def summarise_arm(records: list[dict], seeds: list[int], role: str = "student") 
     return summary
 
 
-def curves(records: list[dict]) -> dict[str, list[tuple[int, float, int]]]:
-    """Per method, (samples seen, mean test score over the seeds that reached it, seed count) at each point."""
+def curves(records: list[dict]) -> dict[str, list[dict]]:
+    """Per method, the mean test score over the seeds that reached each point, and their number."""
     points: dict[str, dict[int, list[float]]] = {}
     for record in records:
         points.setdefault(record["arm"], {}).setdefault(record["samples_seen"], []).append(
             record["test"][record["metric"]])
-    return {arm: [(samples, float(np.mean(values)), len(values)) for samples, values in sorted(by_samples.items())]
+    return {arm: [{"samples_seen": samples, "mean": float(np.mean(values)), "seeds": len(values)}
+                  for samples, values in sorted(by_samples.items())]
             for arm, by_samples in points.items()}
 
 
@@ -100,14 +102,21 @@ def format_number(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, primary: str, missing: list[str]) -> str:
+def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, primary: str, modality: str,
+                   missing: list[str]) -> str:
     name, unit = METRIC_TEXT[primary]
     seeds = ", ".join(str(seed) for seed in settings.seeds)
     over = next((summary["interval_over"] for summary in summaries.values() if summary), "seeds")
+    interval = "seeds (t distribution)" if over == "seeds" else "test mixtures (normal approximation)"
+    config = base_config(settings)
+    start = (f"a MixIT run of {settings.init_fraction:.0%} of the budget" if settings.teacher_start == "mixit"
+             else "random weights")
     lines = [
-        f"Test {name} ({unit}) at the full budget of {settings.samples:,} training mixtures per method "
-        f"({budget_steps(settings):,} steps), seeds {seeds}; 95% interval over {over}. Flows use the sampler "
-        f"steps that scored best on valid/ (listed per seed).",
+        f"Test {name} ({unit}) at the full budget of {budget_steps(settings) * config.batch_size:,} training "
+        f"mixtures per method ({budget_steps(settings):,} steps of {config.batch_size}), "
+        f"seed{'s' if len(settings.seeds) > 1 else ''} {seeds}; 95% interval over {interval}. Flows use the "
+        f"sampler steps that scored best on valid/ (listed per seed). The teacher methods start from {start}. "
+        f"Shared settings: {settings_text(settings, modality)}.",
         "",
         f"| method | {name} {unit} | 95% interval | sampler steps | samples seen | training minutes | CPU minutes |",
         "|---|---|---|---|---|---|---|",
@@ -136,6 +145,20 @@ def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, prim
     return "\n".join(lines) + "\n"
 
 
+def settings_text(settings: BenchSettings, modality: str) -> str:
+    """Name the network and the training settings that every run shares."""
+    from surfsep.config import resolve_for_modality
+
+    config = resolve_for_modality(base_config(settings), modality)
+    every = {0: "once per epoch", 1: "every step"}.get(config.teacher_every, f"every {config.teacher_every} steps")
+    teacher = (f"teacher EMA {config.ema:g} {every}" if config.teacher_update == "ema"
+               else f"teacher replaced by the student {every}")
+    return (f"network {config.network} {config.channels}, learning rate {config.learning_rate:g}, sigma "
+            f"{config.sigma:g}, {teacher}, {config.teacher_steps} teacher sampler step"
+            f"{'s' if config.teacher_steps > 1 else ''}, {settings.threads} thread{'s' if settings.threads > 1 else ''} "
+            f"per run")
+
+
 def label(key: str) -> str:
     if key.endswith(":teacher"):
         return f"{LABELS[key.split(':')[0]]}, its teacher"
@@ -151,7 +174,8 @@ def plot_curves(path, curve_data: dict, mixture_value: float | None, primary: st
     name, unit = METRIC_TEXT[primary]
     figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
     for arm, points in curve_data.items():
-        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=LABELS[arm])
+        axes.plot([point["samples_seen"] for point in points], [point["mean"] for point in points], marker="o",
+                  label=LABELS[arm])
     if mixture_value is not None:
         axes.axhline(mixture_value, color="grey", linestyle="--", label="the mixture itself")
     axes.set_xlabel("training mixtures seen")
@@ -169,7 +193,7 @@ def write_results(settings: BenchSettings) -> dict:
     """Gather every stage result into results.json, results.csv, results.md and curve.png."""
     records = load_results(settings)
     if not records:
-        raise ValueError(f"{settings.folder} holds no finished stage yet")
+        raise ValueError(f"{settings.folder} contains no finished stage yet; run `surfsep bench` to train one")
     primary = records[0]["metric"]
     modality = records[0]["modality"]
     sources = int(settings.train.get("sources", 2))
@@ -201,15 +225,20 @@ def write_results(settings: BenchSettings) -> dict:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     metric_names = sorted({name for record in records for name in record["test"]})
-    writer.writerow(["method", "variant", "seed", "total_steps", "samples_seen", "training_seconds", "sampler_steps",
-                     *[f"test_{name}" for name in metric_names], "final"])
+    writer.writerow(["method", "variant", "model", "seed", "total_steps", "samples_seen", "training_seconds",
+                     "sampler_steps", *[f"test_{name}" for name in metric_names], "final"])
     for record in records:
-        writer.writerow([record["arm"], record["variant"] or "", record["seed"], record["total_steps"],
-                         record["samples_seen"], record["training_seconds"], record["sampler_steps"],
-                         *[f"{record['test'].get(name, float('nan')):.4f}" for name in metric_names], record["final"]])
+        rows = [("student", record)]
+        if "teacher" in record:
+            rows.append(("teacher", record["teacher"]))
+        for role, scores in rows:
+            writer.writerow([record["arm"], record["variant"] or "", role, record["seed"], record["total_steps"],
+                             record["samples_seen"], record["training_seconds"], scores["sampler_steps"],
+                             *[f"{scores['test'].get(name, float('nan')):.4f}" for name in metric_names],
+                             record["final"]])
     atomic_write_bytes(folder / "results.csv", buffer.getvalue().encode())
 
-    table = markdown_table(settings, summaries, mixture, primary, missing)
+    table = markdown_table(settings, summaries, mixture, primary, modality, missing)
     atomic_write_bytes(folder / "results.md", table.encode())
     plot_curves(folder / "curve.png", curve_data, mixture.get("psnr" if primary == "psnr" else "si_sdri"), primary)
     logger.info("bench: results in %s (results.md, results.csv, results.json, curve.png)", folder)

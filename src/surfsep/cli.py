@@ -38,7 +38,8 @@ TRAIN_HELP = {
     "ema": "teacher EMA rate a per teacher update: teacher <- a * teacher + (1 - a) * student",
     "teacher_steps": "Euler steps of the teacher's separation (1 = one-step estimate)",
     "teacher_update": "how the teacher follows the student: 'ema' (the --ema rate) or 'replace' (a copy of the student)",
-    "teacher_every": "optimiser steps between teacher updates; 0 = once per epoch of the training data",
+    "teacher_every": "optimiser steps between teacher updates; 0 = once per epoch of the training data (with "
+                     "'ema' the --ema rate then applies once per epoch, so choose a much lower rate, such as 0.5)",
     "teacher_start": "where teacher and student start: 'init' (the --init model) or 'scratch' (random weights)",
     "shuffle": "remix shuffle: 'constrained' (no two rows of one mixture meet again) or 'free'",
     "init": "model or run folder to start from; surf, remixit and self-remixing need one (a mixit run) "
@@ -46,7 +47,7 @@ TRAIN_HELP = {
     "network": "network architecture (default: slot-unet for images, slot-tasnet for audio)",
     "channels": "network widths: for slot-unet one per resolution level (default 16 32 64); for slot-tasnet "
                 "the filterbank, bottleneck and hidden widths (default 64 64 128)",
-    "sampler_steps": "default sampler steps stored with the model (1 for one-step methods, 25 for flows)",
+    "sampler_steps": "default sampler steps stored with the model (default: 1 for one-step methods, 25 for flows)",
     "seed": "seed of all training randomness",
     "checkpoint_every": "steps between checkpoints (the run resumes from the last one)",
     "log_every": "steps between status lines",
@@ -68,7 +69,7 @@ TRAIN_CHOICES = {
 }
 DATA_SETS = {
     "digits": "two-digit MNIST image mixtures",
-    "fashion": "two-garment Fashion-MNIST image mixtures (needs apt-get install dataset-fashion-mnist)",
+    "fashion": "two-garment Fashion-MNIST image mixtures; needs apt-get install dataset-fashion-mnist",
     "speech": "synthetic two-speaker English speech, 8 kHz (needs pip install surfsep[speech])",
     "realspeech": "real recorded voices from Debian's asterisk-core-sounds-*-wav packages, 8 kHz",
 }
@@ -78,8 +79,11 @@ def comma_list(kind):
     """An argparse type for a comma-separated list of ``kind`` values."""
 
     def parse(text: str) -> list:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list with no empty entries, got {text!r}")
         try:
-            return [kind(item.strip()) for item in text.split(",") if item.strip()]
+            return [kind(item) for item in items]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__} values, got {text!r}")
 
@@ -186,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, required=True,
                        help="data set folder with train/, valid/ and test/ splits, each with mix/ and s1/ ... sK/")
     bench.add_argument("--out", type=Path, required=True,
-                       help="benchmark folder; an existing benchmark there is continued without redoing finished stages")
+                       help="benchmark folder; a benchmark already there is continued without redoing finished stages")
     bench.add_argument("--samples", type=int, required=True,
                        help="training budget of every method, in mixtures seen (steps x batch size)")
     bench.add_argument("--methods", type=comma_list(str), default=None,
@@ -195,21 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--points", type=int, default=4,
                        help="evenly spaced budgets at which each run is scored on test/ for the curve (default: 4)")
     bench.add_argument("--init-fraction", type=float, default=0.25,
-                       help="share of the budget that the teacher methods spend as the MixIT run they start from "
-                            "(default: 0.25)")
+                       help="share of the budget, above 0 and below 1, that the teacher methods spend as the MixIT "
+                            "run they start from (default: 0.25)")
     bench.add_argument("--teacher-start", choices=["mixit", "scratch"], default="mixit",
-                       help="start of remixit, self-remixing and SURF: a MixIT model or random weights (default: mixit)")
+                       help="start of remixit, self-remixing and SURF: a MixIT model or random weights "
+                            "(default: mixit)")
     bench.add_argument("--sweep", type=comma_list(int), default=[1, 2, 5, 10, 25],
                        help="sampler steps tried on valid/ for the flows and reported on test/ (default: 1,2,5,10,25)")
     bench.add_argument("--valid-limit", type=int, default=250,
                        help="valid/ mixtures used to choose the sampler steps (default: 250)")
     bench.add_argument("--test-limit", type=int, help="score only the first N test mixtures (default: all)")
-    bench.add_argument("--jobs", type=int, default=1, help="training runs at once, each in its own process (default: 1)")
+    bench.add_argument("--jobs", type=int, default=1,
+                       help="training runs at once, each in its own process (default: 1)")
     bench.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads per run (default: 1)")
-    bench.add_argument("--batch-size", type=int, help="mixtures per optimiser step (default: 64, or the --config value)")
+    bench.add_argument("--batch-size", type=int,
+                       help="mixtures per optimiser step (default: 64, or the --config value)")
     bench.add_argument("--config", type=Path,
-                       help="YAML file of training settings shared by every run (as for train; not method, seed, "
-                            "steps, data, out or init)")
+                       help="YAML file of training settings shared by every run, as for train; the benchmark sets "
+                            "method, variant, seed, steps, data, out, init, valid, teacher_start and threads itself")
     bench.add_argument("--dry-run", action="store_true", help="print the plan of runs as JSON and exit")
 
     demo = add_command("demo", help="build a built-in data set, train MixIT, SURF and a supervised flow, compare them")
@@ -304,7 +311,9 @@ def run_command(args: argparse.Namespace) -> int:
         evaluate_model(args.model, args.data, args.out, steps=args.steps, seed=args.seed, overwrite=args.overwrite,
                        perceptual=args.perceptual, limit=args.limit)
     elif args.command == "bench":
-        from surfsep.bench import BenchSettings, check_settings, plan, read_train_overrides, run_bench
+        from surfsep.bench import (
+            BenchSettings, check_saved_settings, check_settings, plan, read_train_overrides, run_bench,
+        )
 
         settings = BenchSettings(
             data=str(args.data), out=str(args.out), samples=args.samples, methods=args.methods or list(BENCH_ARMS),
@@ -314,6 +323,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         if args.dry_run:
             check_settings(settings)
+            check_saved_settings(settings)
             print(json.dumps(plan(settings), indent=1))
             return 0
         results = run_bench(settings, command="surfsep " + " ".join(sys.argv[1:]), quiet=args.quiet)

@@ -121,6 +121,7 @@ def validate_config(config: TrainConfig) -> None:
     checks = [
         (config.sources >= 1, f"--sources must be at least 1, got {config.sources}"),
         (config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
+        (config.seed >= 0, f"--seed must be 0 or more, got {config.seed}"),
         (config.batch_size >= 2, f"--batch-size must be at least 2, got {config.batch_size}"),
         (config.learning_rate > 0, f"--learning-rate must be positive, got {config.learning_rate}"),
         (config.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {config.warmup_steps}"),

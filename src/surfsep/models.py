@@ -56,7 +56,9 @@ def builtin_root() -> Path:
 
 def builtin_models() -> list[str]:
     root = builtin_root()
-    return sorted(folder.name for folder in root.iterdir() if (folder / "model.json").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(folder.name for folder in root.iterdir() if (folder / "model.json").is_file())
 
 
 def resolve_model_folder(path: Path) -> Path:

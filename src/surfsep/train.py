@@ -350,9 +350,17 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
 
     validator = make_validator(config, method) if config.valid and config.valid_every else None
     period = teacher_period(config, data_size)
+    defaults = TrainConfig()
+    teacher_settings = ("teacher_update", "teacher_every", "teacher_start", "teacher_steps", "ema")
+    changed = [name for name in teacher_settings if getattr(config, name) != getattr(defaults, name)]
+    if teacher is None and changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        logger.warning("method %s has no teacher, so %s %s no effect", method.name, flags,
+                       "has" if len(changed) == 1 else "have")
     if teacher is not None:
-        logger.info("teacher: %s every %d step%s (%s)", "EMA" if config.teacher_update == "ema" else "replaced by the student",
-                    period, "" if period == 1 else "s", "started from " + (config.init or "random weights"))
+        update = "EMA" if config.teacher_update == "ema" else "replaced by the student"
+        logger.info("teacher: %s every %d step%s (started from %s)", update, period, "" if period == 1 else "s",
+                    config.init or "random weights")
     stop = StopRequest()
     metrics_file = (run / "metrics.jsonl").open("a")
     consecutive_skips = 0
