@@ -254,3 +254,41 @@ def test_audio_benchmark_scores_si_sdri(tones_dir, tmp_path):
     assert results["mixture"]["si_sdri"] == 0.0
     assert set(results["summary"]["surf"]["all_metrics"]) == {"si_sdri", "si_sdr"}
     assert "| method | SI-SDRi dB |" in result.stdout
+
+
+def test_variant_runs_as_extra_method(digits_dir, tmp_path, small_yaml):
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("surf-fast-teacher:\n  from: surf\n  ema: 0.99\n  teacher_steps: 2\n")
+    bench = tmp_path / "b"
+    result = run_surfsep(*bench_args(digits_dir, bench, "--points", "1", "--variants", str(variants), samples=160,
+                                     methods=["surf", "surf-fast-teacher"]))
+    config = json.loads((bench / "runs" / "surf-fast-teacher" / "seed0" / "config.json").read_text())
+    assert config["method"] == "surf"
+    assert config["ema"] == 0.99
+    assert config["teacher_steps"] == 2
+    assert config["init"].endswith("mixit-start/seed0")
+    assert "| surf-fast-teacher: SURF (remixit-flow) with ema 0.99, teacher_steps 2 |" in result.stdout
+
+    # A later invocation names the variant without the file; a changed definition is refused.
+    again = run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["surf-fast-teacher"]))
+    assert "0 of 1 runs have stages left to train" in again.stderr
+    variants.write_text("surf-fast-teacher:\n  from: surf\n  ema: 0.9\n")
+    changed = run_surfsep(*bench_args(digits_dir, bench, "--points", "1", "--variants", str(variants), samples=160,
+                                      methods=["surf-fast-teacher"]), check=False)
+    assert changed.returncode == 2
+    assert "variant surf-fast-teacher" in changed.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ("v:\n  from: surf\n  batch_size: 8\n", "variant v sets batch_size, which every method of a benchmark shares"),
+    ("v:\n  from: pit\n  ema: 0.9\n", "variant v must name the method it changes with from:"),
+    ("surf:\n  from: surf\n", "variant surf has the name of a built-in method"),
+    ("v:\n  from: surf\n  emma: 0.9\n", "variant v sets unknown settings: emma"),
+    ("v:\n  from: surf\n  ema: fast\n", "ema must be a number, got 'fast'"),
+])
+def test_bad_variants_are_named(text, message, digits_dir, tmp_path, small_yaml):
+    (tmp_path / "variants.yaml").write_text(text)
+    result = run_surfsep(*bench_args(digits_dir, tmp_path / "b", "--variants", str(tmp_path / "variants.yaml")),
+                         check=False)
+    assert result.returncode == 2
+    assert message in result.stderr

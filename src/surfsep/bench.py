@@ -27,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from surfsep.config import TrainConfig, load_yaml_overrides, validate_config
+from surfsep.config import TrainConfig, coerce_setting, load_yaml_overrides, validate_config
 from surfsep.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ TEACHER_ARMS = ("remixit", "self-remixing", "surf", "surf-self-remixing-flow")
 # Settings that the benchmark sets for each run; a --config file may not set them.
 BENCH_OWNED = ("method", "variant", "data", "out", "steps", "seed", "init", "valid", "valid_every", "teacher_start",
                "threads")
+# Settings that every method must share, so a method variant may not change them.
+SHARED_ONLY = ("batch_size", "network", "channels", "sources", "mixture", "sample_rate", "segment_seconds")
 # Settings that may change between invocations of one benchmark.
-EXTENSIBLE = ("methods", "seeds", "jobs", "threads")
+EXTENSIBLE = ("methods", "seeds", "jobs", "threads", "variants")
 
 
 class BenchError(ValueError):
@@ -73,6 +76,7 @@ class BenchSettings:
     jobs: int = 1
     threads: int = 1
     train: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,11 +97,74 @@ def read_train_overrides(path: Path | None, flags: dict) -> dict:
     return values
 
 
+def read_variants(path: Path | None) -> dict:
+    """Method variants from a YAML file: ``NAME: {from: METHOD, SETTING: VALUE, ...}``, checked and typed."""
+    if path is None:
+        return {}
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise BenchError(f"cannot read variants file {path}: {error}") from error
+    if not isinstance(values, dict) or not all(isinstance(entry, dict) for entry in values.values()):
+        raise BenchError(f"variants file {path} must map each variant name to a mapping of settings")
+    variants = {}
+    for name, entry in values.items():
+        source = f"variant {name} in {path}"
+        fields = set(TrainConfig().to_dict())
+        # Unknown keys are kept as they are, for check_variants to name.
+        settings = {key: coerce_setting(key, value, source) if key in fields else value
+                    for key, value in entry.items() if key != "from"}
+        variants[str(name)] = {"from": entry.get("from"), **settings}
+    return variants
+
+
+def check_variants(settings: BenchSettings) -> None:
+    """Raise BenchError for a variant that names no method, clashes with one, or changes a shared setting."""
+    fields = set(TrainConfig().to_dict())
+    for name, entry in settings.variants.items():
+        if name in ARMS:
+            raise BenchError(f"variant {name} has the name of a built-in method; choose another name")
+        if entry.get("from") not in ARMS:
+            raise BenchError(f"variant {name} must name the method it changes with from: one of {', '.join(ARMS)}")
+        keys = set(entry) - {"from"}
+        unknown = sorted(keys - fields)
+        shared = sorted(keys & (set(SHARED_ONLY) | set(BENCH_OWNED)))
+        if unknown:
+            raise BenchError(f"variant {name} sets unknown settings: {', '.join(unknown)}")
+        if shared:
+            raise BenchError(f"variant {name} sets {', '.join(shared)}, which every method of a benchmark shares "
+                             f"or the benchmark sets itself; set shared values in --config")
+
+
+def with_saved_variants(settings: BenchSettings) -> BenchSettings:
+    """Add the variants that earlier invocations of the benchmark defined, so later ones can name them."""
+    path = settings.folder / "bench.json"
+    if not path.exists():
+        return settings
+    saved = json.loads(path.read_text())["settings"].get("variants", {})
+    return replace(settings, variants={**saved, **settings.variants})
+
+
+def arm_base(settings: BenchSettings, arm: str) -> str:
+    """Return the built-in method an entry runs: itself, or the method a variant changes."""
+    return arm if arm in ARMS else settings.variants[arm]["from"]
+
+
+def arm_overrides(settings: BenchSettings, arm: str) -> dict:
+    return {key: value for key, value in settings.variants.get(arm, {}).items() if key != "from"}
+
+
+def is_teacher_arm(settings: BenchSettings, arm: str) -> bool:
+    return arm_base(settings, arm) in TEACHER_ARMS
+
+
 def check_settings(settings: BenchSettings) -> None:
     """Raise BenchError naming the first setting that cannot work."""
-    unknown = [name for name in settings.methods if name not in ARMS]
+    check_variants(settings)
+    unknown = [name for name in settings.methods if name not in ARMS and name not in settings.variants]
+    choices = list(ARMS) + list(settings.variants)
     checks = [
-        (not unknown, f"unknown method {', '.join(unknown)}; available: {', '.join(ARMS)}"),
+        (not unknown, f"unknown method {', '.join(unknown)}; available: {', '.join(choices)}"),
         (len(settings.methods) >= 1, "--methods names no method"),
         (len(set(settings.methods)) == len(settings.methods), f"--methods repeats a method: {settings.methods}"),
         (len(settings.seeds) >= 1 and len(set(settings.seeds)) == len(settings.seeds),
@@ -137,7 +204,7 @@ def check_settings(settings: BenchSettings) -> None:
         logger.warning("bench: the budget of %d steps is shorter than the %d warm-up steps, so the learning rate never "
                        "reaches its set value", steps, base_config(settings).warmup_steps)
     dropped = [total for total in point_steps(settings) if total <= init_steps(settings)]
-    if dropped and settings.teacher_start == "mixit" and set(settings.methods) & set(TEACHER_ARMS):
+    if dropped and settings.teacher_start == "mixit" and any(is_teacher_arm(settings, arm) for arm in settings.methods):
         logger.info("bench: the teacher methods have no score at step %s, which falls within their MixIT start",
                     ", ".join(map(str, dropped)))
     for arm in settings.methods:
@@ -170,7 +237,7 @@ def init_steps(settings: BenchSettings) -> int:
 
 
 def starts_from_mixit(settings: BenchSettings, arm: str) -> bool:
-    return arm in TEACHER_ARMS and settings.teacher_start == "mixit"
+    return is_teacher_arm(settings, arm) and settings.teacher_start == "mixit"
 
 
 def run_folder(settings: BenchSettings, arm: str, seed: int) -> Path:
@@ -187,10 +254,10 @@ def result_path(settings: BenchSettings, arm: str, seed: int, total_steps: int) 
 
 def run_config(settings: BenchSettings, arm: str, seed: int, steps: int) -> TrainConfig:
     """Return the training config of ``arm`` for ``seed``, trained to ``steps`` steps of its own run."""
-    method, variant = ARMS[arm]
+    method, variant = ARMS[arm_base(settings, arm)]
     config = replace(base_config(settings), method=method, variant=variant, seed=seed, steps=steps,
-                     out=str(run_folder(settings, arm, seed)))
-    if arm in TEACHER_ARMS:
+                     out=str(run_folder(settings, arm, seed)), **arm_overrides(settings, arm))
+    if is_teacher_arm(settings, arm):
         if settings.teacher_start == "mixit":
             config = replace(config, init=str(init_folder(settings, seed)))
         else:
@@ -212,6 +279,10 @@ def check_saved_settings(settings: BenchSettings) -> None:
     saved = json.loads(path.read_text())["settings"]
     differences = [f"{name} ({saved.get(name)!r} there, {value!r} now)" for name, value in settings.to_dict().items()
                    if name not in EXTENSIBLE and name not in ("data", "out") and saved.get(name) != value]
+    for name, entry in settings.variants.items():
+        previous = saved.get("variants", {}).get(name)
+        if previous is not None and previous != entry:
+            differences.append(f"variant {name} ({previous!r} there, {entry!r} now)")
     if Path(saved.get("data", "")).resolve() != Path(settings.data).resolve():
         differences.append(f"data ({saved.get('data')!r} there, {settings.data!r} now)")
     if differences:
@@ -228,6 +299,7 @@ def write_bench_file(settings: BenchSettings, command: str) -> None:
         saved = record["settings"]
         record["settings"]["methods"] = list(dict.fromkeys(saved["methods"] + settings.methods))
         record["settings"]["seeds"] = list(dict.fromkeys(saved["seeds"] + settings.seeds))
+        record["settings"]["variants"] = {**saved.get("variants", {}), **settings.variants}
         record["commands"] = record.get("commands", []) + [command]
     else:
         record = {"settings": settings.to_dict(), "commands": [command]}
@@ -344,7 +416,8 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
             # The MixIT starts train in the MixIT run folders, so the MixIT and teacher runs wait for them;
             # the supervised runs share nothing with them and start at once.
             starts = [pool.submit(prepare_mixit_start, settings, seed) for seed in start_seeds]
-            independent = [(arm, seed) for arm, seed in units if arm not in TEACHER_ARMS and arm != "mixit"]
+            independent = [(arm, seed) for arm, seed in units
+                           if not is_teacher_arm(settings, arm) and arm_base(settings, arm) != "mixit"]
             jobs = [pool.submit(unit_worker, settings.to_dict(), arm, seed, quiet) for arm, seed in independent]
             wait_all(starts)
             jobs += [pool.submit(unit_worker, settings.to_dict(), arm, seed, quiet)
@@ -359,7 +432,7 @@ def read_bench(folder: Path) -> BenchSettings:
     if not path.exists():
         raise BenchError(f"{folder} holds no benchmark (no bench.json); run `surfsep bench` first")
     settings = BenchSettings(**json.loads(path.read_text())["settings"])
-    ordered = [arm for arm in ARMS if arm in settings.methods]
+    ordered = [arm for arm in [*ARMS, *settings.variants] if arm in settings.methods]
     return replace(settings, out=str(folder), methods=ordered, seeds=sorted(settings.seeds))
 
 

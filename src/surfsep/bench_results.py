@@ -16,7 +16,9 @@ from datetime import datetime, timezone
 import numpy as np
 
 from surfsep import __version__
-from surfsep.bench import ARMS, BenchSettings, base_config, budget_steps, load_results, mean_interval
+from surfsep.bench import (
+    BenchSettings, arm_base, arm_overrides, base_config, budget_steps, load_results, mean_interval,
+)
 from surfsep.bench_scoring import reference_set
 from surfsep.files import atomic_write_bytes, atomic_write_json
 
@@ -129,7 +131,7 @@ def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, prim
         interval = "" if summary["ci95"] is None else f"{summary['ci95'][0]:.2f} to {summary['ci95'][1]:.2f}"
         minutes = summary["training_seconds"] / 60.0
         lines.append(
-            f"| {label(key)} | {summary['mean']:.2f} | {interval} | {'/'.join(map(str, summary['sampler_steps']))} | "
+            f"| {label(key, settings)} | {summary['mean']:.2f} | {interval} | {'/'.join(map(str, summary['sampler_steps']))} | "
             f"{summary['samples_seen']:,} | {minutes:.1f} | {minutes * summary['threads']:.1f} |")
     if missing:
         lines += ["", f"Not finished yet: {', '.join(missing)}."]
@@ -141,7 +143,7 @@ def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, prim
                   "| method | " + " | ".join(f"{count} step{'' if count == '1' else 's'}" for count in counts) + " |",
                   "|---|" + "---|" * len(counts)]
         for key, sweep in sweeps.items():
-            lines.append(f"| {label(key)} | " + " | ".join(f"{sweep[count]:.2f}" for count in counts) + " |")
+            lines.append(f"| {label(key, settings)} | " + " | ".join(f"{sweep[count]:.2f}" for count in counts) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -159,13 +161,18 @@ def settings_text(settings: BenchSettings, modality: str) -> str:
             f"per run")
 
 
-def label(key: str) -> str:
-    if key.endswith(":teacher"):
-        return f"{LABELS[key.split(':')[0]]}, its teacher"
-    return LABELS[key]
+def label(key: str, settings: BenchSettings) -> str:
+    """Name a table row: a method, a variant with the settings it changes, or either one's teacher."""
+    arm, _, role = key.partition(":")
+    if arm in LABELS:
+        text = LABELS[arm]
+    else:
+        changes = ", ".join(f"{name} {value}" for name, value in arm_overrides(settings, arm).items())
+        text = f"{arm}: {LABELS[arm_base(settings, arm)]} with {changes}"
+    return f"{text}, its teacher" if role else text
 
 
-def plot_curves(path, curve_data: dict, mixture_value: float | None, primary: str) -> None:
+def plot_curves(path, curve_data: dict, mixture_value: float | None, primary: str, settings: BenchSettings) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +182,7 @@ def plot_curves(path, curve_data: dict, mixture_value: float | None, primary: st
     figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
     for arm, points in curve_data.items():
         axes.plot([point["samples_seen"] for point in points], [point["mean"] for point in points], marker="o",
-                  label=LABELS[arm])
+                  label=label(arm, settings))
     if mixture_value is not None:
         axes.axhline(mixture_value, color="grey", linestyle="--", label="the mixture itself")
     axes.set_xlabel("training mixtures seen")
@@ -201,9 +208,7 @@ def write_results(settings: BenchSettings) -> dict:
 
     summaries: dict[str, dict | None] = {}
     missing = []
-    for arm in ARMS:
-        if arm not in settings.methods:
-            continue
+    for arm in settings.methods:
         arm_records = [record for record in records if record["arm"] == arm]
         summaries[arm] = summarise_arm(arm_records, settings.seeds)
         if summaries[arm] is None:
@@ -240,7 +245,8 @@ def write_results(settings: BenchSettings) -> dict:
 
     table = markdown_table(settings, summaries, mixture, primary, modality, missing)
     atomic_write_bytes(folder / "results.md", table.encode())
-    plot_curves(folder / "curve.png", curve_data, mixture.get("psnr" if primary == "psnr" else "si_sdri"), primary)
+    plot_curves(folder / "curve.png", curve_data, mixture.get("psnr" if primary == "psnr" else "si_sdri"), primary,
+                settings)
     logger.info("bench: results in %s (results.md, results.csv, results.json, curve.png)", folder)
     results["table"] = table
     return results

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surfsep.bench import ARMS, BenchSettings, base_config, init_folder, starts_from_mixit
+from surfsep.bench import ARMS, BenchSettings, arm_base, base_config, init_folder, starts_from_mixit
 from surfsep.data.audio_sets import detect_modality
 
 PRIMARY = {"image": "psnr", "audio": "si_sdri"}
@@ -77,7 +77,7 @@ def score_stage(settings: BenchSettings, arm: str, seed: int, run: Path, total_s
     modality = "audio" if separator.metadata.get("modality") == "audio" else "image"
     primary = PRIMARY[modality]
     sources = separator.sources
-    method, variant = ARMS[arm]
+    method, variant = ARMS[arm_base(settings, arm)]
     training = separator.metadata["training"]
     seconds = float(training["seconds"])
     if starts_from_mixit(settings, arm):

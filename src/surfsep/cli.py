@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", type=Path,
                        help="YAML file of training settings shared by every run, as for train; the benchmark sets "
                             "method, variant, seed, steps, data, out, init, valid, teacher_start and threads itself")
+    bench.add_argument("--variants", type=Path,
+                       help="YAML file of method variants, NAME: {from: METHOD, SETTING: VALUE}, such as a SURF with "
+                            "another EMA rate; they run as extra methods under NAME (default: none)")
     bench.add_argument("--dry-run", action="store_true", help="print the plan of runs as JSON and exit")
 
     demo = add_command("demo", help="build a built-in data set, train MixIT, SURF and a supervised flow, compare them")
@@ -312,15 +315,19 @@ def run_command(args: argparse.Namespace) -> int:
                        perceptual=args.perceptual, limit=args.limit)
     elif args.command == "bench":
         from surfsep.bench import (
-            BenchSettings, check_saved_settings, check_settings, plan, read_train_overrides, run_bench,
+            BenchSettings, check_saved_settings, check_settings, plan, read_train_overrides, read_variants, run_bench,
+            with_saved_variants,
         )
 
+        variants = read_variants(args.variants)
         settings = BenchSettings(
-            data=str(args.data), out=str(args.out), samples=args.samples, methods=args.methods or list(BENCH_ARMS),
+            data=str(args.data), out=str(args.out), samples=args.samples,
+            methods=args.methods or [*BENCH_ARMS, *variants], variants=variants,
             seeds=args.seeds, points=args.points, init_fraction=args.init_fraction, teacher_start=args.teacher_start,
             sweep=args.sweep, valid_limit=args.valid_limit, test_limit=args.test_limit, jobs=args.jobs,
             threads=args.threads, train=read_train_overrides(args.config, {"batch_size": args.batch_size}),
         )
+        settings = with_saved_variants(settings)
         if args.dry_run:
             check_settings(settings)
             check_saved_settings(settings)
