@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from surfsep import flow
+from surfsep.data.audio_sets import SILENT_RMS
 from surfsep.files import atomic_path, atomic_write_json
 from surfsep.networks import build_network
 
@@ -207,7 +208,6 @@ def resample_waveform(signal: np.ndarray, old_rate: int, new_rate: int, length: 
     return np.ascontiguousarray(signal)
 
 
-SILENT_RMS = 1e-5
 # More channels than this on the first axis, with at most this many on the second, means (frames, channels).
 MAX_CHANNELS = 64
 DEFAULT_CHUNK_SECONDS = 4.0

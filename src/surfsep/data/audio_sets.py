@@ -301,6 +301,7 @@ class AudioCrops:
         return unit_rms(torch.from_numpy(mixtures), None if references is None else torch.from_numpy(references))
 
 
+# RMS at or below which a crop or chunk counts as silent: it is left at its scale, not normalised.
 SILENT_RMS = 1e-5
 
 
