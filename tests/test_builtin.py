@@ -1,5 +1,6 @@
 """Models shipped in the package, loaded as builtin:NAME."""
 
+import json
 import shutil
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 import surfsep
 from conftest import run_surfsep
 from surfsep import models
+from surfsep.evaluate import evaluate_model
 from surfsep.models import ModelError, resolve_model_folder
 
 
@@ -40,3 +42,19 @@ def test_existing_folder_named_like_builtin_wins(builtin_folder, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     shutil.copytree(builtin_folder / "tiny", tmp_path / "builtin:tiny")
     assert resolve_model_folder("builtin:tiny").resolve() == tmp_path / "builtin:tiny"
+
+
+def test_shipped_digits_model_separates_files(digits_dir, tmp_path):
+    metadata = json.loads((models.builtin_root() / "digits" / "model.json").read_text())
+    assert metadata["builtin"]["command"].startswith("surfsep data digits")
+    assert metadata["method"] == "surf"
+
+    inputs = sorted((digits_dir / "test" / "mix").glob("*.png"))[:2]
+    run_surfsep("separate", "builtin:digits", *map(str, inputs), "--out", str(tmp_path / "out"))
+    for source in ("s1", "s2"):
+        assert sorted(path.name for path in (tmp_path / "out" / source).iterdir()) == [path.name for path in inputs]
+
+
+def test_shipped_digits_model_beats_the_mixture(digits_dir, tmp_path):
+    summary = evaluate_model("builtin:digits", digits_dir / "test", tmp_path / "eval")
+    assert summary["psnr"]["mean"] > summary["mixture"]["psnr"]["mean"] + 3.0
