@@ -32,7 +32,8 @@ def fake_fashion(tmp_path):
 def test_fashion_splits_use_disjoint_images(fake_fashion, tmp_path):
     description = build_fashion(tmp_path / "out", scale=0.002, folder=fake_fashion)
     ids = {split: set(info["image_ids"]) for split, info in description["splits"].items()}
-    assert ids["train"].isdisjoint(ids["valid"]) and ids["train"].isdisjoint(ids["test"])
+    assert ids["train"].isdisjoint(ids["valid"])
+    assert ids["train"].isdisjoint(ids["test"])
     assert ids["valid"].isdisjoint(ids["test"])
     assert max(ids["train"]) < 60000 <= min(ids["valid"] | ids["test"])
     assert [info["mixtures"] for info in description["splits"].values()] == [60, 2, 2]
@@ -48,7 +49,7 @@ def test_fashion_splits_use_disjoint_images(fake_fashion, tmp_path):
 
 
 def test_full_training_split_uses_every_image_once(fake_fashion, tmp_path, monkeypatch):
-    # The real split asks for half as many mixtures as images; a smaller one of the same shape is faster.
+    # The real split draws half as many mixtures as images; a smaller split of the same shape is faster.
     monkeypatch.setattr(fashion, "FASHION_SPLITS", (("train", "train", 0, 600, 300), ("valid", "t10k", 0, 20, 5),
                                                     ("test", "t10k", 20, 40, 5)))
     description = build_fashion(tmp_path / "out", scale=1.0, folder=fake_fashion)
@@ -57,7 +58,7 @@ def test_full_training_split_uses_every_image_once(fake_fashion, tmp_path, monke
     assert len(train["image_ids"]) == 600
 
 
-def test_real_training_split_asks_for_one_mixture_per_two_images():
+def test_training_split_pairs_every_image():
     split, prefix, first, last, count = FASHION_SPLITS[0]
     assert (split, prefix, last - first) == ("train", "train", 60000)
     assert 2 * count == last - first

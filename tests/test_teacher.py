@@ -31,7 +31,7 @@ def surf_run(digits_dir, init, out, steps, **settings) -> Path:
     return train(config)
 
 
-def test_replaced_teacher_is_the_student_of_the_last_replacement(digits_dir, mixit_init, tmp_path):
+def test_replaced_teacher_equals_last_student(digits_dir, mixit_init, tmp_path):
     run = surf_run(digits_dir, mixit_init, tmp_path / "seven", 7, teacher_update="replace", teacher_every=3)
     reference = surf_run(digits_dir, mixit_init, tmp_path / "six", 6, teacher_update="replace", teacher_every=3)
 

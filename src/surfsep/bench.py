@@ -413,8 +413,8 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=start_worker,
                                                     initargs=(quiet, settings.threads)) as pool:
-            # The MixIT starts train in the MixIT run folders, so the MixIT and teacher runs wait for them;
-            # the supervised runs share nothing with them and start at once.
+            # The MixIT starts train in the MixIT run folders, so the MixIT and teacher runs wait for them.
+            # The supervised runs share nothing with them and start at once.
             starts = [pool.submit(prepare_mixit_start, settings, seed) for seed in start_seeds]
             independent = [(arm, seed) for arm, seed in units
                            if not is_teacher_arm(settings, arm) and arm_base(settings, arm) != "mixit"]
@@ -430,7 +430,7 @@ def read_bench(folder: Path) -> BenchSettings:
     """The settings of the benchmark in ``folder``, with every method and seed any invocation has asked for."""
     path = Path(folder) / "bench.json"
     if not path.exists():
-        raise BenchError(f"{folder} holds no benchmark (no bench.json); run `surfsep bench` first")
+        raise BenchError(f"{folder} contains no benchmark: bench.json is missing; run `surfsep bench` first")
     settings = BenchSettings(**json.loads(path.read_text())["settings"])
     ordered = [arm for arm in [*ARMS, *settings.variants] if arm in settings.methods]
     return replace(settings, out=str(folder), methods=ordered, seeds=sorted(settings.seeds))

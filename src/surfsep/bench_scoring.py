@@ -21,7 +21,7 @@ PRIMARY = {"image": "psnr", "audio": "si_sdri"}
 
 @functools.lru_cache(maxsize=8)
 def reference_set(root: str, split: str, sources: int, limit: int | None):
-    """The references of one split, read once per process; images are held in memory."""
+    """Read the references of one split once per process; images are kept in memory."""
     folder = Path(root) / split
     if detect_modality(folder) == "audio":
         from surfsep.data.audio_sets import AudioReferenceSet
@@ -58,7 +58,7 @@ def rounded(values: np.ndarray) -> list[float | None]:
 
 
 def choose_steps(separator, settings: BenchSettings, sources: int, primary: str) -> tuple[int, dict[str, float]]:
-    """The sweep entry with the best mean valid score (the fewest steps on a tie), and every valid mean."""
+    """Return the sweep entry with the best mean valid score (the fewest steps on a tie), and every valid mean."""
     if separator.metadata.get("one_step"):
         return 1, {}
     valid = reference_set(settings.data, "valid", sources, settings.valid_limit)

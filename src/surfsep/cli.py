@@ -76,7 +76,7 @@ DATA_SETS = {
 
 
 def comma_list(kind):
-    """An argparse type for a comma-separated list of ``kind`` values."""
+    """Return an argparse type that reads a comma-separated list of ``kind`` values."""
 
     def parse(text: str) -> list:
         items = [item.strip() for item in text.split(",")]

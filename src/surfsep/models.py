@@ -51,7 +51,7 @@ BUILTIN_PREFIX = "builtin:"
 
 
 def builtin_root() -> Path:
-    """The folder of the models shipped inside the package, one subfolder per name."""
+    """Return the folder of the models shipped inside the package, one subfolder per name."""
     return Path(str(resources.files("surfsep").joinpath("builtin")))
 
 

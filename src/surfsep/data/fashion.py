@@ -4,7 +4,7 @@
 ``/usr/share/datasets/fashion-mnist/`` (MIT licence, Zalando Research). Every training image is used
 once: its 60,000 images give 30,000 training mixtures. The 10,000 test images are split by a fixed
 seed into a 2,000-image pool for valid (500 mixtures) and an 8,000-image pool for test (1,000
-mixtures), so the model never sees a test garment in training or validation.
+mixtures), so no test garment appears in training or validation.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def read_idx(path: Path, dimensions: int) -> np.ndarray:
     shape = tuple(int.from_bytes(data[4 + 4 * axis : 8 + 4 * axis], "big") for axis in range(dimensions))
     values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dimensions)
     if values.size != int(np.prod(shape)):
-        raise DataError(f"{path} holds {values.size} values, but its header promises {shape}; the file is truncated")
+        raise DataError(f"{path} contains {values.size} values, but its header gives the shape {shape}: the file is "
+                        f"truncated; reinstall dataset-fashion-mnist")
     return values.reshape(shape)
 
 
