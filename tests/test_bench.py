@@ -84,7 +84,10 @@ def test_outputs_hold_every_stage(full_bench):
     with open(bench / "results.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     teacher_rows = [row for row in rows if row["model"] == "teacher"]
-    assert len(rows) == 2 * len(ARMS) + len(teacher_rows)
+    average_rows = [row for row in rows if row["model"] == "average"]
+    # Two stages per method, and the final stage adds its teacher and its EMA weights.
+    assert len(average_rows) == len(ARMS)
+    assert len(rows) == 2 * len(ARMS) + len(teacher_rows) + len(average_rows)
     assert sorted(row["method"] for row in teacher_rows) == sorted(("remixit", "self-remixing", "surf",
                                                                     "surf-self-remixing-flow"))
     results = json.loads((bench / "results.json").read_text())
@@ -99,6 +102,52 @@ def test_outputs_hold_every_stage(full_bench):
     assert results["curves"]["mixit"][-1]["samples_seen"] == 320
     bench_file = json.loads((bench / "bench.json").read_text())
     assert bench_file["commands"][0].startswith("surfsep bench --data")
+
+
+def test_paired_differences_match_per_file_scores(full_bench):
+    bench, _ = full_bench
+    results = json.loads((bench / "results.json").read_text())
+    finals = {record["arm"]: record for record in records(bench) if record["final"]}
+    for reference in ("supervised-flow", "mixit"):
+        rows = results["paired_differences"][reference]
+        others = [arm for arm in ARMS if arm != reference]
+        assert sorted(rows) == sorted(others + [f"{arm}:average" for arm in others])
+        for arm in others:
+            row = rows[arm]
+            differences = [value - other for value, other in zip(finals[arm]["per_file"], finals[reference]["per_file"])]
+            mean = sum(differences) / len(differences)
+            assert row["mean"] == pytest.approx(mean, abs=1e-9), (reference, arm)
+            # The mean difference equals the difference of the two reported means.
+            assert row["mean"] == pytest.approx(finals[arm]["test"]["psnr"] - finals[reference]["test"]["psnr"],
+                                                abs=1e-3), (reference, arm)
+            assert row["ci95"][0] < row["mean"] < row["ci95"][1]
+            assert row["interval_over"] == "test mixtures"
+    table = (bench / "results.md").read_text()
+    assert "Each method minus supervised flow (clean sources)" in table
+    assert "Each method minus MixIT" in table
+    mixit_minus_flow = results["paired_differences"]["supervised-flow"]["mixit"]["mean"]
+    assert f"| MixIT | {mixit_minus_flow:+.2f} |" in table
+    averages = [value - other for value, other in zip(finals["surf"]["average"]["per_file"],
+                                                      finals["supervised-flow"]["average"]["per_file"])]
+    assert results["paired_differences"]["supervised-flow"]["surf:average"]["mean"] == pytest.approx(
+        sum(averages) / len(averages), abs=1e-9)
+
+
+def test_every_run_scores_its_weight_average(full_bench):
+    bench, _ = full_bench
+    finals = {record["arm"]: record for record in records(bench) if record["final"]}
+    for arm, record in finals.items():
+        average = record["average"]
+        # Methods without a teacher save RUN/ema; an EMA teacher is the average of the others.
+        assert average["model"] == ("teacher" if "teacher" in record else "ema"), arm
+        if average["valid"]:
+            assert average["valid"][str(average["sampler_steps"])] == max(average["valid"].values()), arm
+        else:
+            assert average["sampler_steps"] == 1, arm
+        assert len(average["per_file"]) == 6
+    table = (bench / "results.md").read_text()
+    assert "| SURF (remixit-flow), EMA of its weights |" in table
+    assert "| supervised flow (clean sources), EMA of its weights |" in table
 
 
 def test_finished_benchmark_trains_nothing_again(full_bench, digits_dir):

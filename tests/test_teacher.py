@@ -111,3 +111,52 @@ def test_negative_seed_is_rejected_before_writing(digits_dir, tmp_path):
     assert result.returncode == 2
     assert "--seed must be 0 or more, got -1" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_slow_ema_teacher_warns(digits_dir, mixit_init, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="surfsep"):
+        surf_run(digits_dir, mixit_init, tmp_path / "slow", 3)
+    assert "the teacher gets 3 EMA updates at rate 0.999 in 3 steps, so 100% of it is still its starting weights" \
+        in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="surfsep"):
+        surf_run(digits_dir, mixit_init, tmp_path / "fast", 3, ema=0.5)
+    assert "EMA updates" not in caplog.text
+
+
+def flow_run(digits_dir, out, steps, **settings) -> Path:
+    return train(TrainConfig(method="supervised-flow", data=str(digits_dir / "train"), out=str(out), steps=steps,
+                             ema=0.5, **SMALL, **settings))
+
+
+def test_teacherless_run_saves_weight_average(digits_dir, tmp_path):
+    three = flow_run(digits_dir, tmp_path / "three", 3)
+    four = flow_run(digits_dir, tmp_path / "four", 4)
+    previous, student, average = weights(three / "ema"), weights(four), weights(four / "ema")
+    assert average.keys() == student.keys()
+    for name, value in average.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.5 * previous[name] + 0.5 * student[name], rtol=1e-6, atol=1e-7)
+    assert json.loads((four / "ema" / "model.json").read_text())["role"] == "EMA of the student weights (rate 0.5 per step)"
+    assert not (four / "teacher").exists()
+
+
+def test_weight_average_survives_resume(digits_dir, tmp_path):
+    whole = flow_run(digits_dir, tmp_path / "whole", 4)
+    resumed = tmp_path / "resumed"
+    flow_run(digits_dir, resumed, 2)
+    flow_run(digits_dir, resumed, 4)
+    for name, value in weights(whole / "ema").items():
+        assert torch.equal(value, weights(resumed / "ema")[name]), name
+
+
+def test_checkpoint_without_average_resumes(digits_dir, tmp_path, caplog):
+    run = flow_run(digits_dir, tmp_path / "old", 2)
+    state = torch.load(run / "state.pt", weights_only=True)
+    del state["average"]
+    torch.save(state, run / "state.pt")
+    with caplog.at_level("INFO", logger="surfsep"):
+        flow_run(digits_dir, run, 3)
+    assert "the checkpoint holds no weight average, so the average starts at step 2" in caplog.text
+    assert json.loads((run / "ema" / "model.json").read_text())["training"]["steps"] == 3

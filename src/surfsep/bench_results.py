@@ -52,7 +52,7 @@ def summarise_arm(records: list[dict], seeds: list[int], role: str = "student") 
     finals = {record["seed"]: record for record in records if record["final"]}
     if any(seed not in finals for seed in seeds):
         return None
-    rows = [finals[seed] if role == "student" else finals[seed].get("teacher") for seed in seeds]
+    rows = [finals[seed] if role == "student" else finals[seed].get(role) for seed in seeds]
     if any(row is None for row in rows):
         return None
     primary = finals[seeds[0]]["metric"]
@@ -78,6 +78,64 @@ def summarise_arm(records: list[dict], seeds: list[int], role: str = "student") 
     return summary
 
 
+# Methods that every other method is compared with, paired over the same test mixtures or seeds.
+PAIRED_REFERENCES = ("supervised-flow", "mixit")
+
+
+def paired_difference(records: list[dict], arm: str, reference: str, seeds: list[int],
+                      role: str = "student") -> dict | None:
+    """Return the mean of ``arm`` minus ``reference`` at the full budget with its 95% interval.
+
+    ``role`` compares the students, or the two methods' EMA weights ("average"). With one seed the
+    difference is paired over the test mixtures that both scored (normal approximation). With more
+    seeds it is the difference of the seed means, paired over seeds (t distribution). Returns None
+    until both have finished every seed.
+    """
+    finals = {(record["arm"], record["seed"]): record for record in records if record["final"]}
+    if any((name, seed) not in finals for name in (arm, reference) for seed in seeds):
+        return None
+    scored = {key: record if role == "student" else record.get(role) for key, record in finals.items()}
+    if any(scored[name, seed] is None for name in (arm, reference) for seed in seeds):
+        return None
+    per_seed = []
+    for seed in seeds:
+        scores = zip(scored[arm, seed]["per_file"], scored[reference, seed]["per_file"])
+        differences = np.array([value - other for value, other in scores if value is not None and other is not None],
+                               dtype=np.float64)
+        if len(differences) == 0:
+            return None
+        per_seed.append(differences)
+    if len(seeds) == 1:
+        differences = per_seed[0]
+        mean = float(differences.mean())
+        half = float(1.96 * differences.std(ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else None
+        over = "test mixtures"
+    else:
+        mean, half = mean_interval([float(differences.mean()) for differences in per_seed])
+        over = "seeds"
+    return {"mean": mean, "ci95": None if half is None else [mean - half, mean + half], "interval_over": over}
+
+
+def paired_differences(records: list[dict], settings: BenchSettings) -> dict[str, dict[str, dict]]:
+    """Per reference method in the benchmark, every other method's paired difference from it.
+
+    Keys are table keys: ``ARM`` for the students, ``ARM:average`` for EMA weights against the
+    reference's EMA weights.
+    """
+    result: dict[str, dict[str, dict]] = {}
+    for reference in PAIRED_REFERENCES:
+        if reference not in settings.methods:
+            continue
+        rows = {}
+        for role in ("student", "average"):
+            for arm in settings.methods:
+                row = None if arm == reference else paired_difference(records, arm, reference, settings.seeds, role)
+                if row is not None:
+                    rows[arm if role == "student" else f"{arm}:average"] = row
+        result[reference] = rows
+    return result
+
+
 def curves(records: list[dict]) -> dict[str, list[dict]]:
     """Per method, the mean test score over the seeds that reached each point, and their number."""
     points: dict[str, dict[int, list[float]]] = {}
@@ -94,7 +152,7 @@ def format_number(value: float | None, digits: int = 2) -> str:
 
 
 def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, primary: str, modality: str,
-                   missing: list[str]) -> str:
+                   missing: list[str], differences: dict[str, dict[str, dict]]) -> str:
     name, unit = METRIC_TEXT[primary]
     seeds = ", ".join(str(seed) for seed in settings.seeds)
     over = next((summary["interval_over"] for summary in summaries.values() if summary), "seeds")
@@ -106,7 +164,9 @@ def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, prim
         f"Test {name} ({unit}) at the full budget of {budget_steps(settings) * config.batch_size:,} training "
         f"mixtures per method ({budget_steps(settings):,} steps of {config.batch_size}), "
         f"seed{'s' if len(settings.seeds) > 1 else ''} {seeds}; 95% interval over {interval}. Flows use the "
-        f"sampler steps that scored best on valid/ (listed per seed). The teacher methods start from {start}. "
+        f"sampler steps that scored best on valid/ (listed per seed), and so do the EMA weights of each run (the EMA "
+        f"teacher, or the average that a method without a teacher keeps); teachers are also scored at their training "
+        f"sampler steps. The teacher methods start from {start}. "
         f"Shared settings: {settings_text(settings, modality)}.",
         "",
         f"| method | {name} {unit} | 95% interval | sampler steps | samples seen | training minutes | CPU minutes |",
@@ -133,6 +193,17 @@ def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, prim
                   "|---|" + "---|" * len(counts)]
         for key, sweep in sweeps.items():
             lines.append(f"| {label(key, settings)} | " + " | ".join(f"{sweep[count]:.2f}" for count in counts) + " |")
+    for reference, rows in differences.items():
+        if not rows:
+            continue
+        over = next(iter(rows.values()))["interval_over"]
+        lines += ["", f"Each method minus {label(reference, settings)}: test {name} ({unit}) at the full budget, "
+                      f"paired over the same {over}, with the 95% interval of the mean difference. Rows of EMA "
+                      f"weights are compared with the EMA weights of {label(reference, settings)}:", "",
+                  "| method | difference | 95% interval |", "|---|---|---|"]
+        for arm, row in rows.items():
+            interval = "" if row["ci95"] is None else f"{row['ci95'][0]:+.2f} to {row['ci95'][1]:+.2f}"
+            lines.append(f"| {label(arm, settings)} | {row['mean']:+.2f} | {interval} |")
     return "\n".join(lines) + "\n"
 
 
@@ -151,14 +222,14 @@ def settings_text(settings: BenchSettings, modality: str) -> str:
 
 
 def label(key: str, settings: BenchSettings) -> str:
-    """Name a table row: a method, a variant with the settings it changes, or either one's teacher."""
+    """Name a table row: a method, a variant with the settings it changes, or either one's teacher or EMA weights."""
     arm, _, role = key.partition(":")
     if arm in LABELS:
         text = LABELS[arm]
     else:
         changes = ", ".join(f"{name} {value}" for name, value in arm_overrides(settings, arm).items())
         text = f"{arm}: {LABELS[arm_base(settings, arm)]} with {changes}"
-    return f"{text}, its teacher" if role else text
+    return {"": text, "teacher": f"{text}, its teacher", "average": f"{text}, EMA of its weights"}[role]
 
 
 def plot_curves(path, curve_data: dict, mixture_value: float | None, primary: str, settings: BenchSettings) -> None:
@@ -202,15 +273,18 @@ def write_results(settings: BenchSettings) -> dict:
         summaries[arm] = summarise_arm(arm_records, settings.seeds)
         if summaries[arm] is None:
             missing.append(arm)
-        teacher = summarise_arm(arm_records, settings.seeds, role="teacher")
-        if teacher is not None:
-            summaries[f"{arm}:teacher"] = teacher
+        for role in ("teacher", "average"):
+            summary = summarise_arm(arm_records, settings.seeds, role=role)
+            if summary is not None:
+                summaries[f"{arm}:{role}"] = summary
     curve_data = curves(records)
+    differences = paired_differences(records, settings)
 
     folder = settings.folder
     results = {
         "settings": settings.to_dict(), "metric": primary, "mixture": mixture, "summary": summaries,
-        "curves": curve_data, "records": records, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "paired_differences": differences, "curves": curve_data, "records": records,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"surfsep": __version__, "python": platform.python_version()},
         "machine": {"processor": platform.machine(), "system": platform.system()},
     }
@@ -223,8 +297,9 @@ def write_results(settings: BenchSettings) -> dict:
                      "sampler_steps", *[f"test_{name}" for name in metric_names], "final"])
     for record in records:
         rows = [("student", record)]
-        if "teacher" in record:
-            rows.append(("teacher", record["teacher"]))
+        for role in ("teacher", "average"):
+            if role in record:
+                rows.append((role, record[role]))
         for role, scores in rows:
             writer.writerow([record["arm"], record["variant"] or "", role, record["seed"], record["total_steps"],
                              record["samples_seen"], record["training_seconds"], scores["sampler_steps"],
@@ -232,7 +307,7 @@ def write_results(settings: BenchSettings) -> dict:
                              record["final"]])
     atomic_write_bytes(folder / "results.csv", buffer.getvalue().encode())
 
-    table = markdown_table(settings, summaries, mixture, primary, modality, missing)
+    table = markdown_table(settings, summaries, mixture, primary, modality, missing, differences)
     atomic_write_bytes(folder / "results.md", table.encode())
     plot_curves(folder / "curve.png", curve_data, mixture.get("psnr" if primary == "psnr" else "si_sdri"), primary,
                 settings)

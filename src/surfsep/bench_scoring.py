@@ -105,4 +105,23 @@ def score_stage(settings: BenchSettings, arm: str, seed: int, run: Path, total_s
             teacher_scores = score(teacher, test, teacher.default_steps)
             record["teacher"] = {"sampler_steps": teacher.default_steps, "test": means(teacher_scores),
                                  "per_file": rounded(teacher_scores[primary])}
+        average_folder = weight_average(run)
+        if average_folder is not None:
+            average = load(average_folder)
+            average_steps, average_valid = choose_steps(average, settings, sources, primary)
+            average_scores = score(average, test, average_steps)
+            record["average"] = {"model": average_folder.name, "sampler_steps": average_steps, "valid": average_valid,
+                                 "test": means(average_scores), "per_file": rounded(average_scores[primary])}
     return record
+
+
+def weight_average(run: Path) -> Path | None:
+    """Return the run's EMA of the student weights: RUN/ema, or an EMA teacher; None for other teachers."""
+    if (run / "ema" / "model.json").exists():
+        return run / "ema"
+    config_path = run / "config.json"
+    if (run / "teacher" / "model.json").exists() and config_path.exists():
+        config = json.loads(config_path.read_text())
+        if config.get("teacher_update", "ema") == "ema" and config.get("teacher_every", 1) == 1:
+            return run / "teacher"
+    return None

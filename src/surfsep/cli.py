@@ -35,7 +35,8 @@ TRAIN_HELP = {
     "warmup_steps": "steps of linear learning-rate warm-up",
     "grad_clip": "maximum gradient norm",
     "sigma": "standard deviation of the start-point noise, in units of the source values",
-    "ema": "teacher EMA rate a per teacher update: teacher <- a * teacher + (1 - a) * student",
+    "ema": "EMA rate a per update: teacher <- a * teacher + (1 - a) * student; methods without a teacher "
+           "keep that average of the student's weights every step and save it in RUN/ema",
     "teacher_steps": "Euler steps of the teacher's separation (1 = one-step estimate)",
     "teacher_update": "how the teacher follows the student: 'ema' (the --ema rate) or 'replace' (a copy of the student)",
     "teacher_every": "optimiser steps between teacher updates; 0 = once per epoch of the training data (with "

@@ -199,6 +199,20 @@ def teacher_period(config: TrainConfig, data_size: int) -> int:
     return config.teacher_every or max(1, data_size // config.batch_size)
 
 
+def warn_slow_teacher(config: TrainConfig, period: int) -> None:
+    """Warn when the EMA teacher would still be mostly its starting weights at the end of the run."""
+    if config.teacher_update != "ema":
+        return
+    updates = config.steps // period
+    start_share = config.ema ** updates
+    if start_share > 0.5:
+        logger.warning(
+            "the teacher gets %d EMA updates at rate %g in %d steps, so %.0f%% of it is still its starting weights "
+            "at the end; lower --ema or --teacher-every, or train for more steps",
+            updates, config.ema, config.steps, 100 * start_share,
+        )
+
+
 def update_teacher(teacher: nn.Module, student: nn.Module, config: TrainConfig) -> None:
     """Move the teacher towards the student by EMA, or replace it by the student."""
     if config.teacher_update == "replace":
@@ -311,6 +325,11 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
     teacher = copy.deepcopy(student).eval() if method.needs_teacher else None
     if teacher is not None:
         teacher.requires_grad_(False)
+    # Methods without a teacher keep an EMA of the student's weights, saved as RUN/ema: flows usually
+    # separate better with averaged weights, and a teacher method's EMA teacher is that average already.
+    average = copy.deepcopy(student).eval() if teacher is None else None
+    if average is not None:
+        average.requires_grad_(False)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
@@ -322,6 +341,13 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         student.load_state_dict(state["student"])
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
+        if average is not None:
+            if state.get("average"):
+                average.load_state_dict(state["average"])
+            else:
+                logger.info("the checkpoint holds no weight average, so the average starts at step %d",
+                            int(state["step"]))
+                average.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, seconds = int(state["step"]), float(state["seconds"])
@@ -332,6 +358,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         state = {
             "student": student.state_dict(),
             "teacher": teacher.state_dict() if teacher is not None else {},
+            "average": average.state_dict() if average is not None else {},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
@@ -347,11 +374,16 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             teacher_metadata["sampler"]["steps"] = config.teacher_steps
             teacher_metadata["role"] = "EMA teacher"
             save_model(run / "teacher", teacher, teacher_metadata)
+        if average is not None:
+            average_metadata = model_metadata(config, method, data_size, step, seconds)
+            average_metadata["role"] = f"EMA of the student weights (rate {config.ema:g} per step)"
+            save_model(run / "ema", average, average_metadata)
 
     validator = make_validator(config, method) if config.valid and config.valid_every else None
     period = teacher_period(config, data_size)
     defaults = TrainConfig()
-    teacher_settings = ("teacher_update", "teacher_every", "teacher_start", "teacher_steps", "ema")
+    # The EMA rate also sets the weight average of methods without a teacher.
+    teacher_settings = ("teacher_update", "teacher_every", "teacher_start", "teacher_steps")
     changed = [name for name in teacher_settings if getattr(config, name) != getattr(defaults, name)]
     if teacher is None and changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
@@ -361,6 +393,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         update = "EMA" if config.teacher_update == "ema" else "replaced by the student"
         logger.info("teacher: %s every %d step%s (started from %s)", update, period, "" if period == 1 else "s",
                     config.init or "random weights")
+        warn_slow_teacher(config, period)
     stop = StopRequest()
     metrics_file = (run / "metrics.jsonl").open("a")
     consecutive_skips = 0
@@ -398,6 +431,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             step += 1
             if teacher is not None and step % period == 0:
                 update_teacher(teacher, student, config)
+            if average is not None:
+                ema_update(average, student, config.ema)
             seconds += time.perf_counter() - started
 
             if window_count and (step % config.log_every == 0 or step == config.steps):
