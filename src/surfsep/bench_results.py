@@ -136,6 +136,16 @@ def paired_differences(records: list[dict], settings: BenchSettings) -> dict[str
     return result
 
 
+def average_is_teacher(records: list[dict]) -> bool:
+    """Return whether every final EMA-weights score is the teacher's, at the teacher's sampler steps."""
+    finals = [record for record in records if record["final"] and "average" in record]
+    return bool(finals) and all(
+        record["average"]["model"] == "teacher" and "teacher" in record
+        and record["average"]["sampler_steps"] == record["teacher"]["sampler_steps"]
+        for record in finals
+    )
+
+
 def curves(records: list[dict]) -> dict[str, list[dict]]:
     """Per method, the mean test score over the seeds that reached each point, and their number."""
     points: dict[str, dict[int, list[float]]] = {}
@@ -166,7 +176,7 @@ def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, prim
         f"seed{'s' if len(settings.seeds) > 1 else ''} {seeds}; 95% interval over {interval}. Flows use the "
         f"sampler steps that scored best on valid/ (listed per seed), and so do the EMA weights of each run (the EMA "
         f"teacher, or the average that a method without a teacher keeps); teachers are also scored at their training "
-        f"sampler steps. The teacher methods start from {start}. "
+        f"sampler steps, and where that is the same model at the same steps only the teacher row is shown. The teacher methods start from {start}. "
         f"Shared settings: {settings_text(settings, modality)}.",
         "",
         f"| method | {name} {unit} | 95% interval | sampler steps | samples seen | training minutes | CPU minutes |",
@@ -275,7 +285,7 @@ def write_results(settings: BenchSettings) -> dict:
             missing.append(arm)
         for role in ("teacher", "average"):
             summary = summarise_arm(arm_records, settings.seeds, role=role)
-            if summary is not None:
+            if summary is not None and not (role == "average" and average_is_teacher(arm_records)):
                 summaries[f"{arm}:{role}"] = summary
     curve_data = curves(records)
     differences = paired_differences(records, settings)
