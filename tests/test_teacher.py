@@ -158,5 +158,5 @@ def test_checkpoint_without_average_resumes(digits_dir, tmp_path, caplog):
     torch.save(state, run / "state.pt")
     with caplog.at_level("INFO", logger="surfsep"):
         flow_run(digits_dir, run, 3)
-    assert "the checkpoint holds no weight average, so the average starts at step 2" in caplog.text
+    assert "the checkpoint contains no weight average, so the average starts at step 2" in caplog.text
     assert json.loads((run / "ema" / "model.json").read_text())["training"]["steps"] == 3

@@ -345,7 +345,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             if state.get("average"):
                 average.load_state_dict(state["average"])
             else:
-                logger.info("the checkpoint holds no weight average, so the average starts at step %d",
+                logger.info("the checkpoint contains no weight average, so the average starts at step %d",
                             int(state["step"]))
                 average.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
