@@ -206,6 +206,42 @@ def test_parallel_jobs_give_the_same_scores(digits_dir, tmp_path):
         assert first["test"] == second["test"]
 
 
+def test_copied_runs_continue_to_a_larger_budget(digits_dir, tmp_path):
+    """A benchmark seeded with the runs and stage results of a smaller budget scores as if run at once."""
+    shared = dict(data=str(digits_dir), methods=["surf"], sweep=[1], valid_limit=2, test_limit=4, threads=1,
+                  train=SMALL)
+    # Both budgets start SURF from 5 steps of MixIT, and every stage of the smaller one is a stage of the larger.
+    larger = dict(samples=640, points=4, init_fraction=0.125, **shared)
+    direct = run_bench(BenchSettings(out=str(tmp_path / "direct"), **larger))
+    run_bench(BenchSettings(out=str(tmp_path / "smaller"), samples=320, points=2, **shared))
+    extended = tmp_path / "extended"
+    for part in ("runs/mixit-start", "runs/surf", "results/surf"):
+        shutil.copytree(tmp_path / "smaller" / part, extended / part)
+    copied = {path.name: path.stat().st_mtime_ns for path in (extended / "results" / "surf" / "seed0").iterdir()}
+    result = run_bench(BenchSettings(out=str(extended), **larger))
+
+    assert [record["total_steps"] for record in result["records"]] == [10, 20, 30, 40]
+    assert [record["final"] for record in result["records"]] == [False, False, False, True]
+    for first, second in zip(direct["records"], result["records"]):
+        assert first["test"] == second["test"]
+    assert {name: (extended / "results" / "surf" / "seed0" / name).stat().st_mtime_ns for name in copied} == copied
+
+    # Copied files that do not fit the settings are refused before anything trains.
+    (tmp_path / "small.yaml").write_text("channels: [8, 16]\nlog_every: 5\nbatch_size: 16\n")
+    other_start = tmp_path / "other-start"
+    shutil.copytree(extended / "runs" / "mixit-start", other_start / "runs" / "mixit-start")
+    result = run_surfsep(*bench_args(digits_dir, other_start, "--points", "4", "--dry-run", samples=640,
+                                     methods=["surf"]), check=False)
+    assert result.returncode == 2
+    assert "mixit-start/seed0 is a MixIT start of 5 steps, but this benchmark starts from 10 steps" in result.stderr
+    odd = tmp_path / "odd"
+    shutil.copytree(extended / "results", odd / "results")
+    result = run_surfsep(*bench_args(digits_dir, odd, "--points", "3", samples=640, methods=["surf"]), check=False)
+    assert result.returncode == 2
+    assert "step0000010.json scores a step that is not a curve point of this benchmark (13, 27, 40)" in result.stderr
+    assert not (odd / "bench.json").exists()
+
+
 def test_methods_and_seeds_can_be_added(digits_dir, tmp_path, small_yaml):
     bench = tmp_path / "b"
     run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["mixit"]))

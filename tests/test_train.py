@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,6 +274,23 @@ def test_resume_accepts_equivalent_paths(digits_dir, tmp_path, monkeypatch):
     run_surfsep(*train_args(digits_dir / "train", "run", "mixit", 2))
     run_surfsep(*train_args(str(digits_dir / "train") + "/", "./run", "mixit", 3))
     assert saved_steps(tmp_path / "run") == 3
+
+
+def test_moved_run_with_copied_start_continues_exactly(digits_dir, mixit_run, tmp_path):
+    straight, first = tmp_path / "straight", tmp_path / "first"
+    run_surfsep(*train_args(digits_dir / "train", straight, "surf", 4, "--init", str(mixit_run)))
+    run_surfsep(*train_args(digits_dir / "train", first, "surf", 2, "--init", str(mixit_run)))
+    start_copy, moved = tmp_path / "start-copy", tmp_path / "moved"
+    shutil.copytree(mixit_run, start_copy)
+    first.rename(moved)
+    run_surfsep(*train_args(digits_dir / "train", moved, "surf", 4, "--init", str(start_copy)))
+    expected, resumed = load_file(straight / "model.safetensors"), load_file(moved / "model.safetensors")
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    assert json.loads((moved / "config.json").read_text())["init"] == str(start_copy)
+
+    result = run_surfsep(*train_args(digits_dir / "train", moved, "surf", 6, "--init", str(straight)), check=False)
+    assert result.returncode == 2
+    assert "contains a run with other settings: init" in result.stderr
 
 
 def test_resume_rejects_fewer_steps(digits_dir, tmp_path):

@@ -322,15 +322,37 @@ def plan(settings: BenchSettings) -> dict:
     }
 
 
+def check_existing_files(settings: BenchSettings) -> None:
+    """Raise BenchError when a MixIT start or a stage result in the folder does not fit these settings.
+
+    Both can come from a benchmark of a smaller budget whose runs were copied in to continue them.
+    """
+    steps = init_steps(settings)
+    for seed in settings.seeds:
+        start = init_folder(settings, seed) / "model.json"
+        if start.exists() and (trained := json.loads(start.read_text())["training"]["steps"]) != steps:
+            raise BenchError(f"{start.parent} is a MixIT start of {trained} steps, but this benchmark starts from "
+                             f"{steps} steps (--init-fraction {settings.init_fraction:g} of {budget_steps(settings)}); "
+                             f"set --init-fraction to match, or remove that folder")
+    points = point_steps(settings)
+    for arm in settings.methods:
+        for seed in settings.seeds:
+            for path in sorted((settings.folder / "results" / arm / f"seed{seed}").glob("step*.json")):
+                if int(path.stem.removeprefix("step")) not in points:
+                    raise BenchError(f"{path} scores a step that is not a curve point of this benchmark "
+                                     f"({', '.join(map(str, points))}); choose --points so that it is one, "
+                                     f"or remove the file")
+
+
 def prepare_mixit_start(settings: BenchSettings, seed: int) -> None:
     """Train MixIT for ``init_steps`` and keep that model as the start of the teacher methods of ``seed``."""
     from surfsep.models import load_model, save_model
     from surfsep.train import train
 
     target = init_folder(settings, seed)
+    steps = init_steps(settings)
     if (target / "model.json").exists():
         return
-    steps = init_steps(settings)
     mixit_run = run_folder(settings, "mixit", seed)
     trained = json.loads((mixit_run / "model.json").read_text())["training"]["steps"] \
         if (mixit_run / "model.json").exists() else 0
@@ -395,6 +417,7 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
     from surfsep.bench_results import write_results
 
     check_settings(settings)
+    check_existing_files(settings)
     write_bench_file(settings, command)
     logger.info("bench: %d method(s) x %d seed(s), %d samples (%d steps of batch %d) each, %d job(s) of %d thread(s)",
                 len(settings.methods), len(settings.seeds), settings.samples, budget_steps(settings),
@@ -456,12 +479,15 @@ def wait_all(futures: list[concurrent.futures.Future]) -> None:
 
 def load_results(settings: BenchSettings) -> list[dict]:
     """Every stage result of the benchmark's methods and seeds, in method, seed and step order."""
-    records = []
+    records, budget = [], budget_steps(settings)
     for arm in settings.methods:
         for seed in settings.seeds:
             folder = settings.folder / "results" / arm / f"seed{seed}"
             for path in sorted(folder.glob("step*.json")):
-                records.append(json.loads(path.read_text()))
+                record = json.loads(path.read_text())
+                # Runs copied from a benchmark of a smaller budget bring that budget's final stage along.
+                record["final"] = record["total_steps"] == budget
+                records.append(record)
     return records
 
 

@@ -316,7 +316,7 @@ def run_command(args: argparse.Namespace) -> int:
                        perceptual=args.perceptual, limit=args.limit)
     elif args.command == "bench":
         from surfsep.bench import (
-            BenchSettings, check_saved_settings, check_settings, plan, read_train_overrides, read_variants, run_bench,
+            BenchSettings, check_existing_files, check_saved_settings, check_settings, plan, read_train_overrides, read_variants, run_bench,
             with_saved_variants,
         )
 
@@ -332,6 +332,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.dry_run:
             check_settings(settings)
             check_saved_settings(settings)
+            check_existing_files(settings)
             print(json.dumps(plan(settings), indent=1))
             return 0
         results = run_bench(settings, command="surfsep " + " ".join(sys.argv[1:]), quiet=args.quiet)

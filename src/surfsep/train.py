@@ -94,10 +94,24 @@ PATH_FIELDS = ("data", "out", "init", "valid")
 
 
 def same_setting(name: str, saved, current) -> bool:
-    """Compare a saved setting with the current one; paths compare by the folder they name."""
+    """Compare a saved setting with the current one; paths compare by the folder they name.
+
+    The run folder may have moved since it was saved, and the start model may be a copy elsewhere
+    with the same weights: neither changes how the run goes on.
+    """
+    if name == "out":
+        return True
+    if name == "init" and saved and current and same_weights(Path(saved), Path(current)):
+        return True
     if name in PATH_FIELDS and saved and current:
         return Path(saved).resolve() == Path(current).resolve()
     return saved == current
+
+
+def same_weights(first: Path, second: Path) -> bool:
+    """Return whether two model folders hold byte-identical weight files."""
+    files = [folder / "model.safetensors" for folder in (first, second)]
+    return all(path.is_file() for path in files) and files[0].read_bytes() == files[1].read_bytes()
 
 
 def check_resume_config(saved: dict, config: TrainConfig, run: Path) -> None:
