@@ -20,6 +20,7 @@ from surfsep.bench import (
     BenchSettings, arm_base, arm_overrides, base_config, budget_steps, load_results, mean_interval,
 )
 from surfsep.bench_scoring import reference_set
+from surfsep.evaluate import summarise
 from surfsep.files import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -100,20 +101,14 @@ def paired_difference(records: list[dict], arm: str, reference: str, seeds: list
     per_seed = []
     for seed in seeds:
         scores = zip(scored[arm, seed]["per_file"], scored[reference, seed]["per_file"])
-        differences = np.array([value - other for value, other in scores if value is not None and other is not None],
-                               dtype=np.float64)
-        if len(differences) == 0:
+        summary = summarise([value - other for value, other in scores if value is not None and other is not None])
+        if summary["count"] == 0:
             return None
-        per_seed.append(differences)
+        per_seed.append(summary)
     if len(seeds) == 1:
-        differences = per_seed[0]
-        mean = float(differences.mean())
-        half = float(1.96 * differences.std(ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else None
-        over = "test mixtures"
-    else:
-        mean, half = mean_interval([float(differences.mean()) for differences in per_seed])
-        over = "seeds"
-    return {"mean": mean, "ci95": None if half is None else [mean - half, mean + half], "interval_over": over}
+        return {"mean": per_seed[0]["mean"], "ci95": per_seed[0]["ci95"], "interval_over": "test mixtures"}
+    mean, half = mean_interval([summary["mean"] for summary in per_seed])
+    return {"mean": mean, "ci95": [mean - half, mean + half], "interval_over": "seeds"}
 
 
 def paired_differences(records: list[dict], settings: BenchSettings) -> dict[str, dict[str, dict]]:

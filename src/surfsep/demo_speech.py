@@ -18,7 +18,7 @@ import torch
 from surfsep.audio import write_audio
 from surfsep.config import TrainConfig
 from surfsep.data.audio_sets import AudioReferenceSet
-from surfsep.evaluate import evaluate_model
+from surfsep.evaluate import evaluate_model, summarise
 from surfsep.files import atomic_write_json
 from surfsep.models import load
 from surfsep.train import train
@@ -178,6 +178,6 @@ def paired_difference(first: Path, second: Path) -> dict:
             return {row["file"]: float(row["si_sdri"]) for row in csv.DictReader(stream)}
 
     a, b = read(first), read(second)
-    differences = np.array([a[name] - b[name] for name in a if name in b and np.isfinite(a[name] - b[name])])
-    return {"mean": float(differences.mean()), "standard_error": float(differences.std(ddof=1) / np.sqrt(len(differences))),
-            "count": int(len(differences))}
+    summary = summarise([a[name] - b[name] for name in a if name in b])
+    return {"mean": summary["mean"], "standard_error": summary["std"] / np.sqrt(summary["count"]),
+            "count": summary["count"]}

@@ -53,15 +53,24 @@ def score_mixture_baseline(reference_set: ReferenceSet) -> dict[str, torch.Tenso
     return score_images(as_estimates, reference_set.references.squeeze(2))
 
 
-def summarise(values: torch.Tensor) -> dict[str, float]:
-    """Mean, median, standard deviation and a normal-approximation 95% interval of the mean."""
-    array = values.double().cpu().numpy()
+def summarise(values) -> dict:
+    """Mean, median, standard deviation and a normal-approximation 95% interval over the finite values.
+
+    ``values`` is any sequence of numbers (a tensor too). One value gives no spread, so no
+    interval; no finite value gives no mean either.
+    """
+    array = np.asarray(values.tolist() if isinstance(values, torch.Tensor) else list(values), dtype=np.float64)
+    array = array[np.isfinite(array)]
     count = len(array)
-    std = float(array.std(ddof=1)) if count > 1 else 0.0
-    half_width = 1.96 * std / np.sqrt(count) if count > 1 else 0.0
+    if count == 0:
+        return {"mean": None, "median": None, "std": None, "ci95": None, "count": 0}
     mean = float(array.mean())
-    return {"mean": mean, "median": float(np.median(array)), "std": std,
-            "ci95": [mean - half_width, mean + half_width], "count": count}
+    if count == 1:
+        return {"mean": mean, "median": mean, "std": None, "ci95": None, "count": 1}
+    std = float(array.std(ddof=1))
+    half_width = 1.96 * std / np.sqrt(count)
+    return {"mean": mean, "median": float(np.median(array)), "std": std, "ci95": [mean - half_width, mean + half_width],
+            "count": count}
 
 
 def evaluate_model(model: Path, data: Path, out: Path, steps: int | None = None, seed: int = 0,

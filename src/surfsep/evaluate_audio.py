@@ -22,6 +22,7 @@ import torch
 from surfsep import __version__
 from surfsep.audio_metrics import bss_eval, metric_notes, perceptual_available, perceptual_scores, score_audio
 from surfsep.data.audio_sets import AudioReferenceSet
+from surfsep.evaluate import summarise
 from surfsep.files import atomic_write_bytes, atomic_write_json
 from surfsep.models import AudioSeparator
 
@@ -73,22 +74,6 @@ def score_file(separator: AudioSeparator, reference_set: AudioReferenceSet, inde
         row["pesq"] = float(np.mean([next(v for key, v in value.items() if key.startswith("pesq")) for value in values]))
         row["stoi"] = float(np.mean([value["stoi"] for value in values]))
     return row, aligned
-
-
-def summarise(values: list[float]) -> dict:
-    """Mean, median, standard deviation and a normal-approximation 95% interval over the finite values."""
-    array = np.array([value for value in values if math.isfinite(value)], dtype=np.float64)
-    count = len(array)
-    if count == 0:
-        return {"mean": None, "median": None, "std": None, "ci95": None, "count": 0}
-    mean = float(array.mean())
-    if count == 1:
-        # One value gives no spread, so no interval either.
-        return {"mean": mean, "median": mean, "std": None, "ci95": None, "count": 1}
-    std = float(array.std(ddof=1))
-    half_width = 1.96 * std / math.sqrt(count)
-    return {"mean": mean, "median": float(np.median(array)), "std": std, "ci95": [mean - half_width, mean + half_width],
-            "count": count}
 
 
 def evaluate_audio_separator(separator: AudioSeparator, reference_set: AudioReferenceSet, steps: int | None = None,
