@@ -157,6 +157,25 @@ def test_every_run_scores_its_weight_average(full_bench):
         assert (f"| {label}, EMA of its weights |" in main_table) != repeats, arm
 
 
+@pytest.mark.parametrize("weights", ["student", "average"])
+def test_ship_script_records_the_shipped_weights(weights, full_bench, tmp_path):
+    bench, _ = full_bench
+    run = bench / "runs" / "surf-self-remixing-flow" / "seed0"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ship_builtin.py"
+    subprocess.run([sys.executable, str(script), str(run), "tiny", "--command", "surfsep bench ...", "--bench",
+                    str(bench), "--weights", weights, "--root", str(tmp_path)], check=True, capture_output=True)
+    results = sorted((bench / "results" / "surf-self-remixing-flow" / "seed0").glob("step*.json"))
+    record = json.loads(results[-1].read_text())
+    scored = record if weights == "student" else record["average"]
+    source = run if weights == "student" else run / scored["model"]
+    shipped = json.loads((tmp_path / "tiny" / "model.json").read_text())
+    assert (tmp_path / "tiny" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert shipped["builtin"]["bench_result"]["weights"] == weights
+    assert shipped["builtin"]["bench_result"]["test"] == scored["test"]
+    assert shipped["sampler"]["steps"] == scored["sampler_steps"]
+    assert shipped["builtin"]["command"] == "surfsep bench ..."
+
+
 def test_finished_benchmark_trains_nothing_again(full_bench, digits_dir):
     bench, _ = full_bench
     before = {path: path.stat().st_mtime_ns for path in (bench / "results").rglob("*.json")}
