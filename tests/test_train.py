@@ -60,7 +60,7 @@ def assert_same_weights(first: Path, second: Path) -> None:
 
 @pytest.mark.parametrize("method", ["mixit", "surf", "supervised-flow"])
 def test_killed_run_resumes_to_same_weights(method, digits_dir, mixit_run, tmp_path):
-    steps = 120
+    steps = 60
     extra = ["--checkpoint-every", "5"]
     if method == "surf":
         extra += ["--init", str(mixit_run), "--ema", "0.9"]

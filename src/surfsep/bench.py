@@ -417,6 +417,7 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
     from surfsep.bench_results import write_results
 
     check_settings(settings)
+    check_saved_settings(settings)
     check_existing_files(settings)
     write_bench_file(settings, command)
     logger.info("bench: %d method(s) x %d seed(s), %d samples (%d steps of batch %d) each, %d job(s) of %d thread(s)",

@@ -11,7 +11,6 @@ import itertools
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 # Exhaustive search builds a (B, K!) table; past this K the Hungarian algorithm is cheaper.
 MAX_EXHAUSTIVE_SLOTS = 6
@@ -40,6 +39,9 @@ def best_permutation(cost: torch.Tensor) -> torch.Tensor:
         # totals[b, p] = sum_j cost[b, perms[p, j], j]
         totals = cost[:, perms, reference_index].sum(dim=-1)
         return perms[totals.argmin(dim=1)]
+
+    # Only more than MAX_EXHAUSTIVE_SLOTS sources need SciPy, whose import costs every command 0.3 s.
+    from scipy.optimize import linear_sum_assignment
 
     result = np.empty((batch, slots), dtype=np.int64)
     for b, matrix in enumerate(cost.to(torch.float64).cpu().numpy()):
