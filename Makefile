@@ -18,7 +18,7 @@ demo-speech: $(STAMP)
 	$(VENV)/bin/surfsep demo speech --out runs/demo-speech
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,9 +1,15 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each worker gets one core: one PyTorch thread here and in the commands the tests start.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 from surfsep.data.digits import build_digits
 from surfsep.networks import SlotUNet
