@@ -387,6 +387,17 @@ def test_variant_runs_as_extra_method(digits_dir, tmp_path, small_yaml):
     assert "variant surf-fast-teacher" in changed.stderr
 
 
+def test_variant_is_the_paired_reference_without_its_method(digits_dir, tmp_path, small_yaml):
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("mixit-lr: {from: mixit, learning_rate: 0.002}\n")
+    result = run_surfsep(*bench_args(digits_dir, tmp_path / "b", "--points", "1", "--variants", str(variants),
+                                     samples=160, methods=["mixit-lr", "supervised-regression"]))
+    differences = json.loads((tmp_path / "b" / "results.json").read_text())["paired_differences"]
+    assert list(differences) == ["mixit-lr"]
+    assert list(differences["mixit-lr"]) == ["supervised-regression", "supervised-regression:average"]
+    assert "Each method minus mixit-lr: MixIT with learning_rate 0.002:" in result.stdout
+
+
 @pytest.mark.parametrize("text,message", [
     ("v:\n  from: surf\n  batch_size: 8\n", "variant v sets batch_size, which every method of a benchmark shares"),
     ("v:\n  from: pit\n  ema: 0.9\n", "variant v must name the method it changes with from:"),

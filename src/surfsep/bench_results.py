@@ -118,8 +118,11 @@ def paired_differences(records: list[dict], settings: BenchSettings) -> dict[str
     reference's EMA weights.
     """
     result: dict[str, dict[str, dict]] = {}
-    for reference in PAIRED_REFERENCES:
-        if reference not in settings.methods:
+    for base in PAIRED_REFERENCES:
+        # A benchmark without the method itself compares with its first variant, if it has one.
+        reference = next((arm for arm in settings.methods if arm == base), None) or \
+            next((arm for arm in settings.methods if arm_base(settings, arm) == base), None)
+        if reference is None:
             continue
         rows = {}
         for role in ("student", "average"):
@@ -163,7 +166,7 @@ def markdown_table(settings: BenchSettings, summaries: dict, mixture: dict, prim
     over = next((summary["interval_over"] for summary in summaries.values() if summary), "seeds")
     interval = "seeds (t distribution)" if over == "seeds" else "test mixtures (normal approximation)"
     config = base_config(settings)
-    start = (f"a MixIT run of {settings.init_fraction:.0%} of the budget" if settings.teacher_start == "mixit"
+    start = (f"a MixIT run of {settings.init_fraction * 100:g}% of the budget" if settings.teacher_start == "mixit"
              else "random weights")
     lines = [
         f"Test {name} ({unit}) at the full budget of {budget_steps(settings) * config.batch_size:,} training "

@@ -68,7 +68,7 @@ def summarise(values) -> dict:
     if count == 1:
         return {"mean": mean, "median": mean, "std": None, "ci95": None, "count": 1}
     std = float(array.std(ddof=1))
-    half_width = 1.96 * std / np.sqrt(count)
+    half_width = float(1.96 * std / np.sqrt(count))
     return {"mean": mean, "median": float(np.median(array)), "std": std, "ci95": [mean - half_width, mean + half_width],
             "count": count}
 
