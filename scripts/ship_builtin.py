@@ -33,8 +33,8 @@ def final_record(bench: Path, run: Path) -> dict:
 
 def summary(record: dict, weights: str) -> dict:
     """Return the fields of a result record that model.json keeps, for the student or the EMA weights."""
-    run_fields = {key: record[key] for key in ("arm", "seed", "metric", "total_steps", "samples_seen", "training_seconds",
-                                         "threads", "test_mixtures")}
+    names = ("arm", "seed", "metric", "total_steps", "samples_seen", "training_seconds", "threads", "test_mixtures")
+    run_fields = {key: record[key] for key in names}
     scored = record if weights == "student" else record["average"]
     return {**run_fields, "weights": weights, "test": scored["test"], "sampler_steps": scored["sampler_steps"]}
 

@@ -350,9 +350,9 @@ def prepare_mixit_start(settings: BenchSettings, seed: int) -> None:
     from surfsep.train import train
 
     target = init_folder(settings, seed)
-    steps = init_steps(settings)
     if (target / "model.json").exists():
         return
+    steps = init_steps(settings)
     mixit_run = run_folder(settings, "mixit", seed)
     trained = json.loads((mixit_run / "model.json").read_text())["training"]["steps"] \
         if (mixit_run / "model.json").exists() else 0

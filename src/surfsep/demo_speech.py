@@ -179,5 +179,5 @@ def paired_difference(first: Path, second: Path) -> dict:
 
     a, b = read(first), read(second)
     summary = summarise([a[name] - b[name] for name in a if name in b])
-    return {"mean": summary["mean"], "standard_error": summary["std"] / np.sqrt(summary["count"]),
-            "count": summary["count"]}
+    error = None if summary["std"] is None else summary["std"] / np.sqrt(summary["count"])
+    return {"mean": summary["mean"], "standard_error": error, "count": summary["count"]}
