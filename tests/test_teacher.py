@@ -160,3 +160,25 @@ def test_checkpoint_without_average_resumes(digits_dir, tmp_path, caplog):
         flow_run(digits_dir, run, 3)
     assert "the checkpoint contains no weight average, so the average starts at step 2" in caplog.text
     assert json.loads((run / "ema" / "model.json").read_text())["training"]["steps"] == 3
+
+
+def test_teacher_steps_change_for_later_steps(digits_dir, mixit_init, tmp_path):
+    scheduled = surf_run(digits_dir, mixit_init, tmp_path / "scheduled", 6, teacher_steps=2, teacher_steps_start=3)
+    one_step = surf_run(digits_dir, mixit_init, tmp_path / "one-step", 6)
+    continued = surf_run(digits_dir, mixit_init, tmp_path / "continued", 3)
+    surf_run(digits_dir, mixit_init, continued, 6, teacher_steps=2, teacher_steps_start=3)
+
+    expected, resumed, plain = weights(scheduled), weights(continued), weights(one_step)
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    assert any(not torch.equal(expected[name], plain[name]) for name in expected)
+
+
+def test_teacher_steps_of_trained_steps_stay(digits_dir, mixit_init, tmp_path):
+    run = surf_run(digits_dir, mixit_init, tmp_path / "run", 4)
+    result = run_surfsep("train", "--method", "surf", "--data", str(digits_dir / "train"), "--out", str(run),
+                         "--init", str(mixit_init), "--steps", "6", "--channels", "8", "16", "--batch-size", "16",
+                         "--threads", "1", "--teacher-steps", "2", "--teacher-steps-start", "2", check=False)
+    assert result.returncode == 2
+    assert ("teacher sampler steps at step 2 (1 in the run, 2 now; --teacher-steps-start 4 or later keeps the "
+            "steps already trained)") in result.stderr

@@ -486,8 +486,10 @@ def load_results(settings: BenchSettings) -> list[dict]:
             folder = settings.folder / "results" / arm / f"seed{seed}"
             for path in sorted(folder.glob("step*.json")):
                 record = json.loads(path.read_text())
-                # Runs copied from a benchmark of a smaller budget bring that budget's final stage along.
+                # Runs copied from a benchmark of a smaller budget bring that budget's final stage along, and a
+                # run copied to continue as a variant brings the name of the method it was trained as.
                 record["final"] = record["total_steps"] == budget
+                record["arm"] = arm
                 records.append(record)
     return records
 

@@ -38,6 +38,9 @@ TRAIN_HELP = {
     "ema": "EMA rate a per update: teacher <- a * teacher + (1 - a) * student; methods without a teacher "
            "keep that average of the student's weights every step and save it in RUN/ema",
     "teacher_steps": "Euler steps of the teacher's separation (1 = one-step estimate)",
+    "teacher_steps_start": "training step from which the teacher separates in --teacher-steps steps; before it, "
+                           "in one step (0 = from the start). A run may continue with other teacher steps from its last "
+                           "checkpoint on",
     "teacher_update": "how the teacher follows the student: 'ema' (the --ema rate) or 'replace' (a copy of the student)",
     "teacher_every": "optimiser steps between teacher updates; 0 = once per epoch of the training data (with "
                      "'ema' the --ema rate then applies once per epoch, so choose a much lower rate, such as 0.5)",
@@ -316,8 +319,8 @@ def run_command(args: argparse.Namespace) -> int:
                        perceptual=args.perceptual, limit=args.limit)
     elif args.command == "bench":
         from surfsep.bench import (
-            BenchSettings, check_existing_files, check_saved_settings, check_settings, plan, read_train_overrides, read_variants, run_bench,
-            with_saved_variants,
+            BenchSettings, check_existing_files, check_saved_settings, check_settings, plan, read_train_overrides,
+            read_variants, run_bench, with_saved_variants,
         )
 
         variants = read_variants(args.variants)

@@ -32,6 +32,7 @@ class TrainConfig:
     sigma: float = 0.5
     ema: float = 0.999
     teacher_steps: int = 1
+    teacher_steps_start: int = 0
     teacher_update: str = "ema"
     teacher_every: int = 1
     teacher_start: str = "init"
@@ -52,12 +53,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+
+def teacher_steps_at(config: TrainConfig, step: int) -> int:
+    """Return the Euler steps of the teacher's separation at training step ``step``."""
+    return config.teacher_steps if step >= config.teacher_steps_start else 1
+
+
 def config_fields() -> dict[str, dataclasses.Field]:
     return {item.name: item for item in dataclasses.fields(TrainConfig)}
 
 
-INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps", "teacher_steps", "teacher_every",
-                  "sampler_steps", "seed",
+INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps", "teacher_steps", "teacher_steps_start",
+                  "teacher_every", "sampler_steps", "seed",
                   "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads"}
 FLOAT_FIELDS = {"segment_seconds", "learning_rate", "grad_clip", "sigma", "ema"}
 OPTIONAL_FIELDS = {"variant", "mixture", "sample_rate", "segment_seconds", "init", "network", "channels",
@@ -128,6 +135,8 @@ def validate_config(config: TrainConfig) -> None:
         (config.sigma > 0, f"--sigma must be positive, got {config.sigma}"),
         (0.0 <= config.ema < 1.0, f"--ema must be in [0, 1), got {config.ema}"),
         (config.teacher_steps >= 1, f"--teacher-steps must be at least 1, got {config.teacher_steps}"),
+        (config.teacher_steps_start >= 0,
+         f"--teacher-steps-start must be 0 or more, got {config.teacher_steps_start}"),
         (config.teacher_update in ("ema", "replace"),
          f"--teacher-update must be 'ema' or 'replace', got {config.teacher_update!r}"),
         (config.teacher_every >= 0, f"--teacher-every must be 0 (once per epoch) or more, got {config.teacher_every}"),

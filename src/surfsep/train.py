@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from surfsep import __version__
-from surfsep.config import RESUMABLE_CHANGES, TrainConfig, network_kwargs, resolve_for_modality, validate_config
+from surfsep.config import (
+    RESUMABLE_CHANGES, TrainConfig, network_kwargs, resolve_for_modality, teacher_steps_at, validate_config,
+)
 from surfsep.data.audio_sets import AudioCrops, AudioMixtureSet, AudioReferenceSet, common_sample_rate, detect_modality
 from surfsep.data.images import MixtureSet, ReferenceSet
 from surfsep.methods import Method, StepContext, get_method
@@ -114,15 +116,27 @@ def same_weights(first: Path, second: Path) -> bool:
     return all(path.is_file() for path in files) and files[0].read_bytes() == files[1].read_bytes()
 
 
-def check_resume_config(saved: dict, config: TrainConfig, run: Path) -> None:
+def check_resume_config(saved: dict, config: TrainConfig, run: Path, trained: int) -> None:
+    """Raise TrainingError unless ``config`` continues the run that ``saved`` configured.
+
+    The teacher's sampler steps may change for the steps still to come, but not for the ``trained`` ones.
+    """
     # A setting that an older version did not save had its current default then.
     defaults = TrainConfig().to_dict()
     saved = {**defaults, **saved}
+    schedule = ("teacher_steps", "teacher_steps_start")
     differences = [
         f"{name} ({saved.get(name)!r} in the run, {value!r} now)"
         for name, value in config.to_dict().items()
-        if name not in RESUMABLE_CHANGES and not same_setting(name, saved.get(name), value)
+        if name not in RESUMABLE_CHANGES + schedule and not same_setting(name, saved.get(name), value)
     ]
+    before = dataclasses.replace(config, **{name: saved[name] for name in schedule})
+    changed = [step for step in range(trained) if teacher_steps_at(before, step) != teacher_steps_at(config, step)]
+    if changed:
+        step = changed[0]
+        differences.append(f"teacher sampler steps at step {step} ({teacher_steps_at(before, step)} in the run, "
+                           f"{teacher_steps_at(config, step)} now; --teacher-steps-start {trained} or later keeps "
+                           f"the steps already trained)")
     if differences:
         raise TrainingError(
             f"{run} contains a run with other settings: {'; '.join(differences)}. "
@@ -296,8 +310,8 @@ def train(config: TrainConfig) -> Path:
     resuming = state_path.exists()
     if resuming:
         saved = json.loads((run / "config.json").read_text())
-        check_resume_config(saved, config, run)
         trained = json.loads((run / "model.json").read_text())["training"]["steps"]
+        check_resume_config(saved, config, run, trained)
         if trained > config.steps:
             raise TrainingError(
                 f"{run} has already trained {trained} steps, more than --steps {config.steps}; "
@@ -397,7 +411,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
     period = teacher_period(config, data_size)
     defaults = TrainConfig()
     # The EMA rate also sets the weight average of methods without a teacher.
-    teacher_settings = ("teacher_update", "teacher_every", "teacher_start", "teacher_steps")
+    teacher_settings = ("teacher_update", "teacher_every", "teacher_start", "teacher_steps", "teacher_steps_start")
     changed = [name for name in teacher_settings if getattr(config, name) != getattr(defaults, name)]
     if teacher is None and changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
@@ -419,7 +433,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             index = batch_indices(step, data_size, config.batch_size, config.seed)
             context = StepContext(
                 student=student, teacher=teacher, sources=config.sources, sigma=config.sigma,
-                generator=seeded_generator(config.seed, 2, step), teacher_steps=config.teacher_steps,
+                generator=seeded_generator(config.seed, 2, step), teacher_steps=teacher_steps_at(config, step),
                 shuffle=config.shuffle, audio=config.sample_rate is not None,
             )
             mixtures, references = data.batch(index, seeded_generator(config.seed, 3, step))
