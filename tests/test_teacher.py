@@ -125,6 +125,19 @@ def test_slow_ema_teacher_warns(digits_dir, mixit_init, tmp_path, caplog):
     assert "EMA updates" not in caplog.text
 
 
+def test_short_weight_average_warns(digits_dir, tmp_path, caplog):
+    config = dict(method="supervised-flow", data=str(digits_dir / "train"), steps=3, **SMALL)
+    with caplog.at_level("WARNING", logger="surfsep"):
+        train(TrainConfig(out=str(tmp_path / "slow"), **config))
+    slow = tmp_path / "slow"
+    assert f"after 3 steps 100% of it is still the initial weights; separate with {slow} itself" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="surfsep"):
+        train(TrainConfig(out=str(tmp_path / "fast"), ema=0.5, **config))
+    assert "initial weights" not in caplog.text
+
+
 def flow_run(digits_dir, out, steps, **settings) -> Path:
     return train(TrainConfig(method="supervised-flow", data=str(digits_dir / "train"), out=str(out), steps=steps,
                              ema=0.5, **SMALL, **settings))

@@ -241,6 +241,17 @@ def warn_slow_teacher(config: TrainConfig, period: int) -> None:
         )
 
 
+def warn_slow_average(config: TrainConfig, run: Path) -> None:
+    """Warn when RUN/ema would still be mostly the initial weights at the end of the run."""
+    start_share = config.ema ** config.steps
+    if start_share > 0.5:
+        logger.warning(
+            "%s averages the student's weights at rate %g per step, so after %d steps %.0f%% of it is still the "
+            "initial weights; separate with %s itself, lower --ema, or train for more steps",
+            run / "ema", config.ema, config.steps, 100 * start_share, run,
+        )
+
+
 def update_teacher(teacher: nn.Module, student: nn.Module, config: TrainConfig) -> None:
     """Move the teacher towards the student by EMA, or replace it by the student."""
     if config.teacher_update == "replace":
@@ -422,6 +433,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         logger.info("teacher: %s every %d step%s (started from %s)", update, period, "" if period == 1 else "s",
                     config.init or "random weights")
         warn_slow_teacher(config, period)
+    else:
+        warn_slow_average(config, run)
     stop = StopRequest()
     metrics_file = (run / "metrics.jsonl").open("a")
     consecutive_skips = 0
