@@ -53,7 +53,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-
 def teacher_steps_at(config: TrainConfig, step: int) -> int:
     """Return the Euler steps of the teacher's separation at training step ``step``."""
     return config.teacher_steps if step >= config.teacher_steps_start else 1
