@@ -158,7 +158,7 @@ def test_every_run_scores_its_weight_average(full_bench):
 
 
 @pytest.mark.parametrize("weights", ["student", "average"])
-def test_ship_script_records_the_shipped_weights(weights, full_bench, tmp_path):
+def test_ship_script_records_weights(weights, full_bench, tmp_path):
     bench, _ = full_bench
     run = bench / "runs" / "surf-self-remixing-flow" / "seed0"
     script = Path(__file__).resolve().parent.parent / "scripts" / "ship_builtin.py"
@@ -225,7 +225,7 @@ def test_parallel_jobs_give_the_same_scores(digits_dir, tmp_path):
         assert first["test"] == second["test"]
 
 
-def test_copied_runs_continue_to_a_larger_budget(digits_dir, tmp_path):
+def test_copied_runs_reach_larger_budget(digits_dir, tmp_path):
     """A benchmark seeded with the runs and stage results of a smaller budget scores as if run at once."""
     shared = dict(data=str(digits_dir), methods=["surf"], sweep=[1], valid_limit=2, test_limit=4, threads=1,
                   train=SMALL)
@@ -245,7 +245,7 @@ def test_copied_runs_continue_to_a_larger_budget(digits_dir, tmp_path):
         assert first["test"] == second["test"]
     assert {name: (extended / "results" / "surf" / "seed0" / name).stat().st_mtime_ns for name in copied} == copied
 
-    # Copied files that do not fit the settings are refused before anything trains.
+    # Copied files that do not fit the settings are rejected before anything trains.
     (tmp_path / "small.yaml").write_text("channels: [8, 16]\nlog_every: 5\nbatch_size: 16\n")
     other_start = tmp_path / "other-start"
     shutil.copytree(extended / "runs" / "mixit-start", other_start / "runs" / "mixit-start")
@@ -387,7 +387,7 @@ def test_variant_runs_as_extra_method(digits_dir, tmp_path, small_yaml):
     assert "variant surf-fast-teacher" in changed.stderr
 
 
-def test_variant_is_the_paired_reference_without_its_method(digits_dir, tmp_path, small_yaml):
+def test_variant_replaces_missing_paired_reference(digits_dir, tmp_path, small_yaml):
     variants = tmp_path / "variants.yaml"
     variants.write_text("mixit-lr: {from: mixit, learning_rate: 0.002}\n")
     result = run_surfsep(*bench_args(digits_dir, tmp_path / "b", "--points", "1", "--variants", str(variants),

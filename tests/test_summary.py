@@ -9,7 +9,7 @@ import torch
 from surfsep.evaluate import summarise
 
 
-def test_summary_of_several_values_skips_non_finite_ones():
+def test_summary_skips_non_finite_values():
     summary = summarise([1.0, 2.0, 3.0, 6.0, math.nan, math.inf])
     assert summary["count"] == 4
     assert summary["mean"] == 3.0
@@ -19,7 +19,7 @@ def test_summary_of_several_values_skips_non_finite_ones():
     assert summary["ci95"] == pytest.approx([3.0 - half, 3.0 + half])
 
 
-def test_tensor_gives_the_same_summary_as_a_list():
+def test_tensor_and_list_summaries_match():
     values = [14.5, 20.25, 17.0]
     assert summarise(torch.tensor(values, dtype=torch.float64)) == summarise(values)
 

@@ -187,7 +187,7 @@ def test_teacher_steps_change_for_later_steps(digits_dir, mixit_init, tmp_path):
     assert any(not torch.equal(expected[name], plain[name]) for name in expected)
 
 
-def test_teacher_steps_of_trained_steps_stay(digits_dir, mixit_init, tmp_path):
+def test_trained_teacher_steps_cannot_change(digits_dir, mixit_init, tmp_path):
     run = surf_run(digits_dir, mixit_init, tmp_path / "run", 4)
     result = run_surfsep("train", "--method", "surf", "--data", str(digits_dir / "train"), "--out", str(run),
                          "--init", str(mixit_init), "--steps", "6", "--channels", "8", "16", "--batch-size", "16",

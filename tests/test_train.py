@@ -276,7 +276,7 @@ def test_resume_accepts_equivalent_paths(digits_dir, tmp_path, monkeypatch):
     assert saved_steps(tmp_path / "run") == 3
 
 
-def test_moved_run_with_copied_start_continues_exactly(digits_dir, mixit_run, tmp_path):
+def test_moved_run_resumes_exactly(digits_dir, mixit_run, tmp_path):
     straight, first = tmp_path / "straight", tmp_path / "first"
     run_surfsep(*train_args(digits_dir / "train", straight, "surf", 4, "--init", str(mixit_run)))
     run_surfsep(*train_args(digits_dir / "train", first, "surf", 2, "--init", str(mixit_run)))

@@ -291,9 +291,11 @@ def check_saved_settings(settings: BenchSettings) -> None:
 
 
 def write_bench_file(settings: BenchSettings, command: str) -> None:
-    """Record the settings and the command in bench.json, adding new methods and seeds to a benchmark there."""
+    """Record the settings and the command in bench.json, adding new methods and seeds to a benchmark there.
+
+    The caller has checked the settings against a benchmark already there (check_saved_settings).
+    """
     path = settings.folder / "bench.json"
-    check_saved_settings(settings)
     if path.exists():
         record = json.loads(path.read_text())
         saved = record["settings"]

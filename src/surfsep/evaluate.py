@@ -54,7 +54,7 @@ def score_mixture_baseline(reference_set: ReferenceSet) -> dict[str, torch.Tenso
 
 
 def summarise(values) -> dict:
-    """Mean, median, standard deviation and a normal-approximation 95% interval over the finite values.
+    """Return the mean, median, standard deviation and a normal-approximation 95% interval of the finite values.
 
     ``values`` is any sequence of numbers (a tensor too). One value gives no spread, so no
     interval; no finite value gives no mean either.

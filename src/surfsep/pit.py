@@ -40,7 +40,7 @@ def best_permutation(cost: torch.Tensor) -> torch.Tensor:
         totals = cost[:, perms, reference_index].sum(dim=-1)
         return perms[totals.argmin(dim=1)]
 
-    # Only more than MAX_EXHAUSTIVE_SLOTS sources need SciPy, whose import costs every command 0.3 s.
+    # Only more than MAX_EXHAUSTIVE_SLOTS sources need SciPy, whose import adds about 0.3 s to every command.
     from scipy.optimize import linear_sum_assignment
 
     result = np.empty((batch, slots), dtype=np.int64)
