@@ -34,6 +34,9 @@ DEFAULT_SUBTYPE = "PCM_16"
 PCM_BITS = {"PCM_16": 16, "PCM_24": 24}
 CHANNEL_MODES = ("mix", "split")
 RESAMPLE_QUALITY = "HQ"
+# A sample of this magnitude or more counts as full scale; many of them mean the recording clipped.
+FULL_SCALE = 0.99
+SCAN_BLOCK_FRAMES = 1 << 18
 
 # libsndfile raises its errors as RuntimeError subclasses; the rest cover I/O and bad arguments.
 SOUNDFILE_ERRORS = (RuntimeError, OSError, ValueError, TypeError)
@@ -124,6 +127,26 @@ def check_finite(samples: np.ndarray, path: Path, first_frame: int) -> None:
         f"audio file {path} has a non-finite sample ({samples[frame, channel]}) at frame "
         f"{first_frame + int(frame)}, channel {int(channel)}; fix or remove the file"
     )
+
+
+def scan_audio(path: Path) -> tuple[AudioInfo, int]:
+    """Decode every sample of an audio file once, in blocks; return its header and its count of full-scale samples.
+
+    Raises AudioError for what ``audio_info`` rejects, for a block that does not decode and at the
+    first NaN or infinity, so a file that passes can be separated to the end.
+    """
+    info = audio_info(path)
+    full_scale = 0
+    frames_read = 0
+    with open_audio(info.path) as audio_file:
+        while True:
+            samples = read_block(audio_file, SCAN_BLOCK_FRAMES)
+            if samples.shape[0] == 0:
+                break
+            check_finite(samples, info.path, frames_read)
+            full_scale += int(np.count_nonzero(np.abs(samples) >= FULL_SCALE))
+            frames_read += samples.shape[0]
+    return info, full_scale
 
 
 def log_resampling(path: Path, old_rate: int, new_rate: int) -> None:

@@ -17,6 +17,11 @@ from surfsep.networks import NETWORKS
 
 logger = logging.getLogger("surfsep")
 
+# Exit statuses: 0 success, 2 an error that stopped the command, 3 a separation that skipped bad
+# inputs (--skip-bad), 130 interrupted.
+EXIT_ERROR = 2
+EXIT_SKIPPED = 3
+
 TRAIN_HELP = {
     "method": "training method: surf, mixit, remixit, self-remixing, supervised-flow or supervised-regression",
     "variant": "SURF loss: remixit-flow (default) or self-remixing-flow",
@@ -176,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="audio: overlap between neighbouring chunks, in seconds (default: 1.0)")
     separate.add_argument("--batch-chunks", type=int, help="audio: chunks per network call (default: 8)")
     separate.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    separate.add_argument("--skip-bad", action="store_true",
+                          help="report and skip inputs that cannot be separated, separate the rest, and exit with "
+                               f"status {EXIT_SKIPPED} if any was skipped (default: stop before writing anything)")
 
     evaluate = add_command("evaluate", help="score a model against references (images: PSNR, SSIM; audio: SI-SDR, "
                                             "SI-SDRi, SDR, SIR, SAR)")
@@ -309,9 +317,14 @@ def run_command(args: argparse.Namespace) -> int:
             "channels": "split" if args.split_channels else None,
         }
         audio_options = {name: value for name, value in audio_options.items() if value is not None}
-        written = separate_files(args.model, args.inputs, args.out, steps=args.steps, seed=args.seed,
-                                 overwrite=args.overwrite, bit_depth=args.bit_depth, **audio_options)
-        logger.info("wrote %d files to %s", len(written), args.out)
+        result = separate_files(args.model, args.inputs, args.out, steps=args.steps, seed=args.seed,
+                                overwrite=args.overwrite, bit_depth=args.bit_depth, skip_bad=args.skip_bad,
+                                **audio_options)
+        logger.info("wrote %d files to %s", len(result.written), args.out)
+        if result.skipped:
+            logger.error("skipped %d input(s) that could not be separated:\n%s", len(result.skipped),
+                         "\n".join(f"  {reason}" for _, reason in result.skipped))
+            return EXIT_SKIPPED
     elif args.command == "evaluate":
         from surfsep.evaluate import evaluate_model
 
@@ -375,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args)
     except (DataError, ModelError, TrainingError, SynthesisError, FileExistsError, ValueError) as error:
         logger.error("error: %s", error)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+# Characters of the target's name kept in its temporary name (at most 4 bytes each in UTF-8), so the
+# temporary name stays within the usual 255-byte limit: mkstemp adds 8 characters and the suffix 4.
+NAME_PREFIX = 32
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -25,7 +30,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A short prefix keeps the temporary name within the file system's limit when ``path``'s name is long.
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name[:NAME_PREFIX]}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         yield Path(temporary)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -81,25 +82,108 @@ def resolve_model_folder(path: Path) -> Path:
     return folder
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict]:
-    """Load a release model folder; returns the network in eval mode and its metadata."""
-    folder = resolve_model_folder(path)
-    try:
-        metadata = json.loads((folder / "model.json").read_text())
-    except json.JSONDecodeError as error:
-        raise ModelError(f"{folder / 'model.json'} is not valid JSON: {error}") from error
+# The first byte of a pickle (protocol 2 and later), as in PyTorch's .pt and .pth files.
+PICKLE_MAGIC = b"\x80"
+
+
+def check_metadata(metadata, path: Path) -> None:
+    """Raise ModelError unless ``metadata`` has every entry a separator needs, with a usable type and value."""
+    def fail(problem: str) -> None:
+        raise ModelError(f"{path} {problem}; the model folder is damaged or was not written by surfsep")
+
+    if not isinstance(metadata, dict):
+        fail(f"holds a JSON {type(metadata).__name__}, not an object")
     if metadata.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{folder / 'model.json'} is not a surfsep model (format {metadata.get('format')!r})")
-    if metadata.get("format_version", 0) > MODEL_FORMAT_VERSION:
-        raise ModelError(
-            f"{folder / 'model.json'} has format version {metadata['format_version']}; "
-            f"this surfsep reads up to {MODEL_FORMAT_VERSION}, so upgrade surfsep"
-        )
-    network = build_network(metadata["network"]["name"], metadata["network"]["kwargs"])
+        raise ModelError(f"{path} is not a surfsep model (format {metadata.get('format')!r})")
+    version = metadata.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        fail(f"has format_version {version!r}, not a whole number")
+    if version > MODEL_FORMAT_VERSION:
+        raise ModelError(f"{path} has format version {version}; this surfsep reads up to {MODEL_FORMAT_VERSION}, "
+                         f"so upgrade surfsep")
+    network = metadata.get("network")
+    if not isinstance(network, dict) or not isinstance(network.get("name"), str) \
+            or not isinstance(network.get("kwargs"), dict):
+        fail("lacks the network entry, {\"name\": ..., \"kwargs\": {...}}")
+    sources = metadata.get("sources")
+    if not isinstance(sources, int) or isinstance(sources, bool) or sources < 1:
+        fail(f"has sources {sources!r}, not a positive whole number")
+    sigma = metadata.get("sigma")
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 or sigma == float("inf"):
+        fail(f"has sigma {sigma!r}, not a positive number")
+    sampler = metadata.get("sampler")
+    if not isinstance(sampler, dict) or not isinstance(sampler.get("steps"), int) or sampler["steps"] < 1:
+        fail("lacks the sampler entry with a positive whole number of steps")
+    if sampler.get("solver", "euler") not in ("euler", "heun"):
+        fail(f"has the unknown sampler solver {sampler.get('solver')!r}")
+    if metadata.get("mixture", "mean") not in MIXTURE_CONVENTIONS:
+        fail(f"has mixture {metadata.get('mixture')!r}, not one of {', '.join(MIXTURE_CONVENTIONS)}")
+    modality = metadata.get("modality", "image")
+    if modality not in ("image", "audio"):
+        fail(f"has modality {modality!r}, not image or audio")
+    if modality == "audio":
+        rate = metadata.get("sample_rate")
+        if not isinstance(rate, int) or isinstance(rate, bool) or rate < 1:
+            fail(f"has sample_rate {rate!r}, not a positive whole number of Hz")
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Read the tensor names and shapes from a safetensors header; a pickle in its place is rejected, never unpickled."""
+    with open(path, "rb") as stream:
+        start = stream.read(1)
+    if start == PICKLE_MAGIC:
+        raise ModelError(f"{path} is a pickle (as PyTorch's .pt files are), not safetensors; surfsep never loads "
+                         f"pickles, because they can run code. Convert trusted weights with safetensors.torch.save_file")
     try:
-        network.load_state_dict(load_file(folder / "model.safetensors"))
-    except (RuntimeError, OSError) as error:
-        raise ModelError(f"weights in {folder / 'model.safetensors'} do not fit the network: {error}") from error
+        with safe_open(path, framework="pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except Exception as error:  # safetensors raises its own error types for bad headers
+        raise ModelError(f"{path} is not a readable safetensors file ({error}); the model is damaged") from error
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Raise ModelError naming the missing, unexpected and misshapen tensors of ``found``."""
+    problems = [f"missing {name}" for name in expected if name not in found]
+    problems += [f"unexpected {name}" for name in found if name not in expected]
+    problems += [f"{name} has shape {list(found[name])}, the network needs {list(shape)}"
+                 for name, shape in expected.items() if name in found and found[name] != shape]
+    if problems:
+        listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ModelError(f"weights in {path} do not fit the network in model.json: {listed}")
+
+
+def build_described_network(metadata: dict, path: Path, device: str = "cpu") -> nn.Module:
+    """Build the network that model.json names; ``device="meta"`` builds it without allocating its weights."""
+    try:
+        with torch.device(device):
+            return build_network(metadata["network"]["name"], metadata["network"]["kwargs"])
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ModelError(f"{path} describes a network this surfsep cannot build ({error}); "
+                         f"upgrade surfsep or check the file") from error
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict]:
+    """Load a release model folder; returns the network in eval mode and its metadata.
+
+    The network is first built without memory (on PyTorch's meta device) and its tensor shapes are
+    compared with the safetensors header, so a damaged or hostile model.json cannot make surfsep
+    allocate a network that its weights do not fill.
+    """
+    folder = resolve_model_folder(path)
+    description, weights_path = folder / "model.json", folder / "model.safetensors"
+    try:
+        metadata = json.loads(description.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{description} is not valid JSON: {error}") from error
+    check_metadata(metadata, description)
+    expected = {name: tuple(tensor.shape)
+                for name, tensor in build_described_network(metadata, description, "meta").state_dict().items()}
+    check_shapes(expected, weight_shapes(weights_path), weights_path)
+    network = build_described_network(metadata, description)
+    try:
+        network.load_state_dict(load_file(weights_path))
+    except Exception as error:  # the header was readable, so this is damaged tensor data
+        raise ModelError(f"weights in {weights_path} cannot be read ({error}); the model is damaged") from error
     network.eval()
     return network, metadata
 

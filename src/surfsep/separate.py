@@ -4,38 +4,70 @@ Outputs go to ``OUT/s1/NAME ... OUT/sK/NAME``, the same layout as the data sets,
 input's path relative to the folder it was found in (or its file name); audio outputs take the
 suffix of the output format. Nothing is written until every input and output path has been
 checked: an input is never overwritten, and an existing output only with ``overwrite``.
+
+Every input is read in full before anything is separated. A bad input (missing, unreadable, with
+NaN samples, of the wrong kind) stops the run before anything is written; with ``skip_bad`` it is
+reported, the others are separated, and the result lists what was skipped and why. The K outputs of
+one input are renamed into place together, after all of them are complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from surfsep.audio import AUDIO_SUFFIXES, audio_info, list_audio
-from surfsep.data.images import DataError, check_png, list_images, read_png, write_png
+from surfsep.audio import AUDIO_SUFFIXES, AudioError, list_audio, scan_audio
+from surfsep.data.images import DataError, list_images, read_png, write_png
 from surfsep.models import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, AudioSeparator, load
 
 logger = logging.getLogger(__name__)
 
+# Warn about an input whose samples are at full scale this often: it was probably clipped.
+CLIPPED_SHARE = 0.001
+# Bad inputs named one by one in an error; the rest are counted.
+LISTED_PROBLEMS = 10
 
-def collect_inputs(inputs: list[Path], audio: bool = False) -> list[tuple[Path, str]]:
-    """Expand files and folders into (path, relative name) pairs; names must be unique."""
+
+@dataclass
+class SeparationResult:
+    """The files written, and the inputs skipped as (path, message naming it and the problem)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def describe_problems(problems: list[tuple[Path, str]]) -> str:
+    lines = [f"  {reason}" for _, reason in problems[:LISTED_PROBLEMS]]
+    if len(problems) > LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - LISTED_PROBLEMS} more")
+    return "\n".join(lines)
+
+
+def collect_inputs(inputs: list[Path], audio: bool = False) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """Expand files and folders into (path, relative name) pairs; names must be unique.
+
+    Returns the pairs and the problems: inputs that do not exist and folders without a file to
+    separate, as (path, message naming it).
+    """
     collected: list[tuple[Path, str]] = []
+    problems: list[tuple[Path, str]] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
             files = list_audio(item) if audio else list_images(item)
             if not files:
                 kind = f"audio files ({', '.join(AUDIO_SUFFIXES)})" if audio else "PNG files"
-                raise DataError(f"no {kind} found in {item}")
+                problems.append((item, f"no {kind} found in {item}"))
             collected.extend((path, path.relative_to(item).as_posix()) for path in files)
         elif item.is_file():
             collected.append((item, item.name))
         else:
-            raise DataError(f"input {item} not found")
+            problems.append((item, f"input {item} not found; check the path"))
 
     unique: dict[str, Path] = {}
     for path, name in collected:
@@ -45,7 +77,20 @@ def collect_inputs(inputs: list[Path], audio: bool = False) -> list[tuple[Path, 
                 f"separate them in two runs with different --out folders"
             )
         unique[name] = path
-    return [(path, name) for name, path in unique.items()]
+    return [(path, name) for name, path in unique.items()], problems
+
+
+def stop_or_skip(problems: list[tuple[Path, str]], good: int, skip_bad: bool) -> None:
+    """Raise DataError naming the bad inputs, unless ``skip_bad``; then log each one."""
+    if not problems:
+        return
+    if not skip_bad:
+        raise DataError(
+            f"{len(problems)} input(s) cannot be separated, so nothing was written:\n{describe_problems(problems)}\n"
+            f"fix or remove them, or pass --skip-bad to separate the other {good}"
+        )
+    for _, reason in problems:
+        logger.warning("skipping: %s", reason)
 
 
 def output_paths(out: Path, name: str, sources: int) -> list[Path]:
@@ -64,58 +109,84 @@ def check_outputs(items: list[tuple[Path, str]], out: Path, sources: int, overwr
 
 
 def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None = None, seed: int = 0,
-                   overwrite: bool = False, bit_depth: int = 16, batch_size: int = 64, **audio_options) -> list[Path]:
-    """Separate every input file with the model at ``model``; returns the paths written.
+                   overwrite: bool = False, bit_depth: int = 16, batch_size: int = 64, skip_bad: bool = False,
+                   **audio_options) -> SeparationResult:
+    """Separate every input file with the model at ``model``; returns the files written and the inputs skipped.
 
     ``audio_options`` go to ``separate_audio_files`` and are rejected for image models.
     """
     separator = load(model)
     if isinstance(separator, AudioSeparator):
         return separate_audio_files(separator, inputs, Path(out), steps=steps, seed=seed, overwrite=overwrite,
-                                    **audio_options)
+                                    skip_bad=skip_bad, **audio_options)
     if audio_options:
         raise ValueError(f"{', '.join(sorted(audio_options))} apply to audio models; {model} is an image model")
-    items = collect_inputs(inputs)
+    items, problems = collect_inputs(inputs)
     out = Path(out)
     check_outputs(items, out, separator.sources, overwrite)
 
-    # Check every input before writing anything, so a bad file late in the list leaves no partial output.
+    # Decode every input before writing anything, so a bad file late in the list leaves no partial output.
     for path, _ in items:
-        check_png(path)
+        try:
+            read_png(path)
+        except DataError as error:
+            problems.append((path, str(error)))
+    bad = {path for path, _ in problems}
+    good = [(path, name) for path, name in items if path not in bad]
+    stop_or_skip(problems, len(good), skip_bad)
+    if not good:
+        raise DataError(f"none of the inputs can be separated:\n{describe_problems(problems)}")
 
-    written = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        images = [read_png(path) for path, _ in chunk]
-        shapes = {image.shape for image in images}
+    result = SeparationResult(skipped=problems)
+    for start in range(0, len(good), batch_size):
+        chunk, images = [], []
+        for path, name in good[start : start + batch_size]:
+            try:
+                images.append(read_png(path))
+            except DataError as error:
+                # The file changed after its check.
+                if not skip_bad:
+                    raise
+                logger.warning("skipping: %s", error)
+                result.skipped.append((path, str(error)))
+                continue
+            chunk.append((path, name))
+        if not chunk:
+            continue
         # Images of one size are separated together; other sizes run one by one.
-        if len(shapes) == 1:
+        if len({image.shape for image in images}) == 1:
             estimates = separator.separate(torch.from_numpy(np.stack(images)), steps=steps, seed=seed)
         else:
             estimates = [separator.separate(torch.from_numpy(image), steps=steps, seed=seed)[0] for image in images]
         for (path, name), estimate in zip(chunk, estimates):
-            for k in range(separator.sources):
-                target = out / f"s{k + 1}" / name
-                write_png(target, estimate[k].numpy(), bit_depth=bit_depth)
-                written.append(target)
-        logger.info("separated %d of %d files", min(start + batch_size, len(items)), len(items))
-    return written
+            targets = output_paths(out, name, separator.sources)
+            with contextlib.ExitStack() as stack:
+                # Each output is renamed into place when the stack closes, after all of them are written.
+                for k, target in enumerate(targets):
+                    write_png(target, estimate[k].numpy(), bit_depth=bit_depth, stack=stack)
+            result.written.extend(targets)
+        logger.info("separated %d of %d files", min(start + batch_size, len(good)), len(good))
+    return result
 
 
 def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Path, steps: int | None = None,
                          seed: int = 0, overwrite: bool = False, output_format: str = "wav",
                          subtype: str | None = None, channels: str = "mix",
                          chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-                         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS, batch_chunks: int = 8) -> list[Path]:
+                         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS, batch_chunks: int = 8,
+                         skip_bad: bool = False) -> SeparationResult:
     """Separate audio files of any length, streaming each through the model in overlapping chunks.
 
     Outputs have the input's sample rate and length, as ``output_format`` ("wav" or "flac") files.
+    Every input is decoded once before separation starts (``scan_audio``), which finds unreadable
+    files and NaN samples before anything is written.
     """
     from surfsep import longform
 
     if output_format not in ("wav", "flac"):
         raise ValueError(f"output format must be 'wav' or 'flac', got {output_format!r}")
-    items = [(path, str(Path(name).with_suffix("." + output_format))) for path, name in collect_inputs(inputs, audio=True)]
+    collected, problems = collect_inputs(inputs, audio=True)
+    items = [(path, str(Path(name).with_suffix("." + output_format))) for path, name in collected]
     renamed: dict[str, Path] = {}
     for path, name in items:
         if name in renamed:
@@ -123,8 +194,23 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
                             f"separate them in two runs with different --out folders")
         renamed[name] = path
     check_outputs(items, out, separator.sources, overwrite)
-    # Check every input before writing anything, so a bad file late in the list leaves no partial output.
-    rates = {path: audio_info(path).sample_rate for path, _ in items}
+
+    rates = {}
+    for path, _ in items:
+        try:
+            info, full_scale = scan_audio(path)
+        except DataError as error:
+            problems.append((path, str(error)))
+            continue
+        rates[path] = info.sample_rate
+        samples = info.frames * info.channels
+        if full_scale > CLIPPED_SHARE * samples:
+            logger.warning("%s has %d of %d samples at full scale and was probably clipped; its estimates will "
+                           "carry the clipping distortion", path, full_scale, samples)
+    good = [(path, name) for path, name in items if path in rates]
+    stop_or_skip(problems, len(good), skip_bad)
+    if not good:
+        raise DataError(f"none of the inputs can be separated:\n{describe_problems(problems)}")
 
     above = [path for path, rate in rates.items() if rate > separator.sample_rate]
     if above:
@@ -133,11 +219,19 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
                        separator.sample_rate // 2)
     steps, solver = separator.resolve_sampler(steps, None)
     separate_chunks = separator.chunk_separator(steps, seed, solver)
-    written = []
-    for index, (path, name) in enumerate(items):
+    result = SeparationResult(skipped=problems)
+    for index, (path, name) in enumerate(good):
         targets = output_paths(out, name, separator.sources)
-        longform.separate_file(separate_chunks, path, targets, separator.sample_rate, chunk_seconds, overlap_seconds,
-                               batch_chunks, channels=channels, subtype=subtype)
-        written.extend(targets)
-        logger.info("separated %s (%d of %d)", path, index + 1, len(items))
-    return written
+        try:
+            longform.separate_file(separate_chunks, path, targets, separator.sample_rate, chunk_seconds,
+                                   overlap_seconds, batch_chunks, channels=channels, subtype=subtype)
+        except AudioError as error:
+            # The file changed or failed to decode after its check; its outputs were never renamed into place.
+            if not skip_bad:
+                raise
+            logger.warning("skipping: %s", error)
+            result.skipped.append((path, str(error)))
+            continue
+        result.written.extend(targets)
+        logger.info("separated %s (%d of %d)", path, index + 1, len(good))
+    return result

@@ -11,6 +11,7 @@ evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,50 +34,46 @@ class DataError(ValueError):
 GRAYSCALE_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "1")
 
 
-def check_png(path: Path) -> None:
-    """Raise DataError unless ``path`` is a single-channel PNG; reads the header only."""
-    if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
-        raise DataError(f"{path} is not a .png file; surfsep reads PNG images")
-    try:
-        with Image.open(path) as image:
-            mode, image_format = image.mode, image.format
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
-    if image_format != "PNG":
-        raise DataError(f"{path} contains {image_format} data, not PNG; convert it to a grayscale PNG")
-    if mode not in GRAYSCALE_MODES:
-        raise DataError(
-            f"image {path} has mode {mode!r}; surfsep separates single-channel images, "
-            f"so convert it to 8- or 16-bit grayscale first"
-        )
-
-
 def read_png(path: Path) -> np.ndarray:
-    """Read a grayscale PNG as float32 (H, W) in [0, 1]."""
+    """Read a grayscale PNG as float32 (H, W) in [0, 1]; raise DataError naming the file and the fix otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"{path} is not a .png file; surfsep reads grayscale PNG images, so convert it first")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"image {path} is empty (0 bytes); write it again or remove it")
     try:
         with Image.open(path) as image:
+            if image.format != "PNG":
+                raise DataError(f"{path} contains {image.format} data, not PNG; convert it to a grayscale PNG")
+            if image.mode not in GRAYSCALE_MODES:
+                raise DataError(
+                    f"image {path} has mode {image.mode!r}; surfsep separates single-channel images, "
+                    f"so convert it to 8- or 16-bit grayscale first"
+                )
             image.load()
             mode = image.mode
             array = np.array(image)
+    except Image.DecompressionBombError as error:
+        raise DataError(f"image {path} is too large to read safely ({error})") from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"cannot read image {path} ({error}); check that it is a complete PNG file") from error
 
     if mode == "L":
         return array.astype(np.float32) / 255.0
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        if array.min() < 0 or array.max() > 65535:
-            raise DataError(f"image {path} has values outside the 16-bit range; save it as 8- or 16-bit grayscale")
-        return array.astype(np.float32) / 65535.0
     if mode == "1":
         return array.astype(np.float32)
-    raise DataError(
-        f"image {path} has mode {mode!r}; surfsep separates single-channel images, "
-        f"so convert it to 8- or 16-bit grayscale first"
-    )
+    if array.min() < 0 or array.max() > 65535:
+        raise DataError(f"image {path} has values outside the 16-bit range; save it as 8- or 16-bit grayscale")
+    return array.astype(np.float32) / 65535.0
 
 
-def write_png(path: Path, image: np.ndarray, bit_depth: int = 16) -> None:
-    """Write (H, W) values in [0, 1] (clipped) as a grayscale PNG, atomically (temporary file, then rename)."""
+def write_png(path: Path, image: np.ndarray, bit_depth: int = 16, stack: contextlib.ExitStack | None = None) -> None:
+    """Write (H, W) values in [0, 1] (clipped) as a grayscale PNG, atomically (temporary file, then rename).
+
+    With ``stack``, the rename waits until the stack closes, so several files can appear together.
+    """
     if bit_depth not in (8, 16):
         raise ValueError(f"bit depth must be 8 or 16, got {bit_depth}")
     clipped = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
@@ -85,6 +82,9 @@ def write_png(path: Path, image: np.ndarray, bit_depth: int = 16) -> None:
     else:
         pil_image = Image.fromarray(np.round(clipped * 65535.0).astype(np.uint16))
 
+    if stack is not None:
+        pil_image.save(stack.enter_context(atomic_path(path)), format="PNG")
+        return
     with atomic_path(path) as temporary:
         pil_image.save(temporary, format="PNG")
 
