@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_surfsep
+from surfsep.checkpoint import load_state
 from surfsep.config import TrainConfig
 from surfsep.train import train
 
@@ -166,9 +167,11 @@ def test_weight_average_survives_resume(digits_dir, tmp_path):
 
 def test_checkpoint_without_average_resumes(digits_dir, tmp_path, caplog):
     run = flow_run(digits_dir, tmp_path / "old", 2)
-    state = torch.load(run / "state.pt", weights_only=True)
+    # A checkpoint of surfsep 0.1.0 before weight averages: state.pt, without "average".
+    state = load_state(run / "state.safetensors")
     del state["average"]
     torch.save(state, run / "state.pt")
+    (run / "state.safetensors").unlink()
     with caplog.at_level("INFO", logger="surfsep"):
         flow_run(digits_dir, run, 3)
     assert "the checkpoint contains no weight average, so the average starts at step 2" in caplog.text

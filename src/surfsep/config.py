@@ -8,8 +8,10 @@ from pathlib import Path
 
 import yaml
 
-# Fields that may change when a run is resumed; every other field must match the saved config.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads")
+# Fields that may change when a run is resumed; every other field must match the saved config. A
+# diverging run can continue with a lower learning rate or gradient clip.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads",
+                     "learning_rate", "grad_clip")
 
 
 @dataclass

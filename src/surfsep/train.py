@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import logging
 import signal
@@ -27,13 +26,17 @@ from surfsep.config import (
 from surfsep.data.audio_sets import AudioCrops, AudioMixtureSet, AudioReferenceSet, common_sample_rate, detect_modality
 from surfsep.data.images import MixtureSet, ReferenceSet
 from surfsep.methods import Method, StepContext, get_method
+from surfsep.checkpoint import load_state, save_state
 from surfsep.files import atomic_write_bytes, atomic_write_json
 from surfsep.models import load_model, save_model
 from surfsep.networks import build_network
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.safetensors"
+# Checkpoints of surfsep 0.1.0 before the safetensors format; read with PyTorch's restricted
+# unpickler (tensors and plain containers only) and replaced at the next checkpoint.
+LEGACY_STATE_FILE = "state.pt"
 # Files a run writes before its first checkpoint; a folder holding only these starts afresh.
 RUN_START_FILES = {"config.json", "log.txt", "metrics.jsonl"}
 MAX_CONSECUTIVE_SKIPS = 20
@@ -318,7 +321,7 @@ def train(config: TrainConfig) -> Path:
     run = Path(config.out)
     state_path = run / STATE_FILE
 
-    resuming = state_path.exists()
+    resuming = state_path.exists() or (run / LEGACY_STATE_FILE).exists()
     if resuming:
         saved = json.loads((run / "config.json").read_text())
         trained = json.loads((run / "model.json").read_text())["training"]["steps"]
@@ -343,6 +346,30 @@ def train(config: TrainConfig) -> Path:
         package_logger.removeHandler(log_handler)
         package_logger.setLevel(previous_level)
         log_handler.close()
+
+
+def read_checkpoint(run: Path) -> dict:
+    """Read the run's checkpoint: state.safetensors, or the older state.pt."""
+    if (run / STATE_FILE).exists():
+        return load_state(run / STATE_FILE)
+    legacy = run / LEGACY_STATE_FILE
+    try:
+        return torch.load(legacy, weights_only=True)
+    except Exception as error:  # the restricted unpickler rejects anything but tensors and plain containers
+        raise TrainingError(f"checkpoint {legacy} cannot be read ({error}); restore the file, or remove it to "
+                            f"train the run again from step 0") from error
+
+
+def apply_changed_learning_rate(optimizer: torch.optim.Optimizer, scheduler, learning_rate: float, step: int) -> None:
+    """Give a resumed run a new peak learning rate, keeping its place in the warm-up schedule."""
+    previous = optimizer.param_groups[0].get("initial_lr", learning_rate)
+    if previous == learning_rate:
+        return
+    logger.warning("the learning rate changes from %g to %g at step %d", previous, learning_rate, step)
+    scheduler.base_lrs = [learning_rate] * len(optimizer.param_groups)
+    for group, rate_lambda in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * rate_lambda(scheduler.last_epoch)
 
 
 def run_training(config: TrainConfig, method: Method, run: Path, state_path: Path, resuming: bool) -> Path:
@@ -374,9 +401,9 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     )
 
-    step, seconds = 0, 0.0
+    step, seconds, skipped = 0, 0.0, 0
     if resuming:
-        state = torch.load(state_path, weights_only=True)
+        state = read_checkpoint(run)
         student.load_state_dict(state["student"])
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
@@ -389,7 +416,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
                 average.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, seconds = int(state["step"]), float(state["seconds"])
+        step, seconds, skipped = int(state["step"]), float(state["seconds"]), int(state.get("skipped", 0))
+        apply_changed_learning_rate(optimizer, scheduler, config.learning_rate, step)
         truncate_metrics(run / "metrics.jsonl", step)
         logger.info("resuming at step %d from %s", step, state_path)
 
@@ -402,10 +430,10 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             "scheduler": scheduler.state_dict(),
             "step": step,
             "seconds": seconds,
+            "skipped": skipped,
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(state_path, buffer.getvalue())
+        save_state(state_path, state)
+        (run / LEGACY_STATE_FILE).unlink(missing_ok=True)
         save_model(run, student, model_metadata(config, method, data_size, step, seconds))
         if teacher is not None:
             # The teacher separates in teacher_steps Euler steps during training; keep that as its default.
@@ -438,7 +466,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
     stop = StopRequest()
     metrics_file = (run / "metrics.jsonl").open("a")
     consecutive_skips = 0
-    window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_count, window_skipped, window_start = 0.0, 0, 0, time.perf_counter()
     try:
         while step < config.steps:
             started = time.perf_counter()
@@ -454,20 +482,36 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             loss = method.loss(context, mixtures, references)
 
             optimizer.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
-                consecutive_skips = 0
+            problem = None
+            if not torch.isfinite(loss):
+                problem = f"the loss is {loss.item()}"
+            else:
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+                step_grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+                if not torch.isfinite(step_grad_norm):
+                    problem = f"the gradient norm is {step_grad_norm.item()}"
+                    optimizer.zero_grad(set_to_none=True)
+            if problem is None:
+                consecutive_skips = 0
+                grad_norm = step_grad_norm
                 optimizer.step()
                 scheduler.step()
                 window_loss += loss.item()
                 window_count += 1
             else:
                 consecutive_skips += 1
-                logger.warning("skipping step %d: the loss is %s, so no update was made", step, loss.item())
+                skipped += 1
+                window_skipped += 1
+                logger.warning("skipping step %d: %s, so the weights were not updated (%d step%s skipped in this run)",
+                               step, problem, skipped, "" if skipped == 1 else "s")
                 if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    first = step + 1 - consecutive_skips
+                    step += 1
+                    save_checkpoint()
                     raise TrainingError(
-                        f"{consecutive_skips} non-finite losses in a row at step {step}; lower --learning-rate"
+                        f"steps {first} to {step - 1} all had a non-finite loss or gradient, so training stopped. "
+                        f"{run} holds a checkpoint at step {step} with the weights from before step {first}: resume "
+                        f"it with the same command and a lower --learning-rate or --grad-clip, or check the data"
                     )
             step += 1
             if teacher is not None and step % period == 0:
@@ -479,11 +523,12 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             if window_count and (step % config.log_every == 0 or step == config.steps):
                 rate = window_count / max(time.perf_counter() - window_start, 1e-9)
                 record = {"step": step, "loss": window_loss / window_count, "grad_norm": float(grad_norm),
-                          "lr": scheduler.get_last_lr()[0], "steps_per_second": rate, "seconds": seconds}
+                          "lr": scheduler.get_last_lr()[0], "steps_per_second": rate, "seconds": seconds,
+                          "skipped": window_skipped}
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 logger.info("step %d/%d loss %.5f, %.2f steps/s", step, config.steps, record["loss"], rate)
-                window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_count, window_skipped, window_start = 0.0, 0, 0, time.perf_counter()
 
             if validator is not None and step % config.valid_every == 0:
                 record = validator(step, student, teacher)
@@ -502,7 +547,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
 
     if not (run / "model.json").exists():
         save_checkpoint()
-    logger.info("finished %s: %d steps in %.1f s; model in %s", method.name, step, seconds, run)
+    note = f" ({skipped} skipped for a non-finite loss or gradient)" if skipped else ""
+    logger.info("finished %s: %d steps%s in %.1f s; model in %s", method.name, step, note, seconds, run)
     return run
 
 
