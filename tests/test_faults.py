@@ -7,6 +7,7 @@ method's loss.
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -159,3 +160,26 @@ def test_signal_saves_a_checkpoint_and_the_run_resumes_exactly(signal_number, di
     expected = load_file(uninterrupted / "model.safetensors")
     for name, value in load_file(stopped / "model.safetensors").items():
         assert torch.equal(value, expected[name]), name
+
+
+@pytest.mark.parametrize("signal_step, interrupted", [(2, True), (4, False)])
+def test_stop_during_last_step_completes_the_run(signal_step, interrupted, digits_dir, tmp_path, monkeypatch):
+    original = SupervisedFlow.loss
+    calls = []
+
+    def loss_then_signal(self, context, mixtures, references):
+        calls.append(None)
+        if len(calls) == signal_step + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, context, mixtures, references)
+
+    monkeypatch.setattr(SupervisedFlow, "loss", loss_then_signal)
+    run = tmp_path / "run"
+
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            train(config(digits_dir, run, 5))
+        assert load_state(run / "state.safetensors")["step"] == signal_step + 1
+    else:
+        train(config(digits_dir, run, 5))
+        assert json.loads((run / "model.json").read_text())["training"]["steps"] == 5

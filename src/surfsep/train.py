@@ -537,7 +537,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
 
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint()
-            if stop.requested:
+            # A stop requested during the last step comes too late to matter: the run is complete.
+            if stop.requested and step < config.steps:
                 logger.warning("interrupted at step %d; saved a checkpoint to resume from", step)
                 save_checkpoint()
                 raise KeyboardInterrupt
