@@ -419,7 +419,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         step, seconds, skipped = int(state["step"]), float(state["seconds"]), int(state.get("skipped", 0))
         apply_changed_learning_rate(optimizer, scheduler, config.learning_rate, step)
         truncate_metrics(run / "metrics.jsonl", step)
-        logger.info("resuming at step %d from %s", step, state_path)
+        logger.info("resuming at step %d from %s", step,
+                    state_path if state_path.exists() else run / LEGACY_STATE_FILE)
 
     def save_checkpoint() -> None:
         state = {
@@ -504,21 +505,21 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
                 window_skipped += 1
                 logger.warning("skipping step %d: %s, so the weights were not updated (%d step%s skipped in this run)",
                                step, problem, skipped, "" if skipped == 1 else "s")
-                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    first = step + 1 - consecutive_skips
-                    step += 1
-                    save_checkpoint()
-                    raise TrainingError(
-                        f"steps {first} to {step - 1} all had a non-finite loss or gradient, so training stopped. "
-                        f"{run} holds a checkpoint at step {step} with the weights from before step {first}: resume "
-                        f"it with the same command and a lower --learning-rate or --grad-clip, or check the data"
-                    )
             step += 1
             if teacher is not None and step % period == 0:
                 update_teacher(teacher, student, config)
             if average is not None:
                 ema_update(average, student, config.ema)
             seconds += time.perf_counter() - started
+            if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                # The checkpoint holds the state after this step, as a resumed run expects.
+                first = step - consecutive_skips
+                save_checkpoint()
+                raise TrainingError(
+                    f"steps {first} to {step - 1} all had a non-finite loss or gradient, so training stopped. "
+                    f"{run} holds a checkpoint at step {step} with the weights from before step {first}: resume "
+                    f"it with the same command and a lower --learning-rate or --grad-clip, or check the data"
+                )
 
             if window_count and (step % config.log_every == 0 or step == config.steps):
                 rate = window_count / max(time.perf_counter() - window_start, 1e-9)
