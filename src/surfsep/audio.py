@@ -136,17 +136,22 @@ def scan_audio(path: Path) -> tuple[AudioInfo, int]:
     first NaN or infinity, so a file that passes can be separated to the end.
     """
     info = audio_info(path)
-    full_scale = 0
+    full_scale = sum(int(np.count_nonzero(np.abs(samples) >= FULL_SCALE))
+                     for samples in read_finite_blocks(info, SCAN_BLOCK_FRAMES))
+    return info, full_scale
+
+
+def read_finite_blocks(info: AudioInfo, frames: int) -> Iterator[np.ndarray]:
+    """Yield the file's float32 (frames, channels) samples in blocks of up to ``frames``, checked for NaN and infinity."""
     frames_read = 0
     with open_audio(info.path) as audio_file:
         while True:
-            samples = read_block(audio_file, SCAN_BLOCK_FRAMES)
+            samples = read_block(audio_file, frames)
             if samples.shape[0] == 0:
-                break
+                return
             check_finite(samples, info.path, frames_read)
-            full_scale += int(np.count_nonzero(np.abs(samples) >= FULL_SCALE))
             frames_read += samples.shape[0]
-    return info, full_scale
+            yield samples
 
 
 def log_resampling(path: Path, old_rate: int, new_rate: int) -> None:
@@ -264,30 +269,25 @@ def stream_blocks(info: AudioInfo, block_frames: int, target_rate: int, channels
     pending_frames = 0
     frames_read = 0
     frames_yielded = 0
-    with open_audio(info.path) as audio_file:
-        while True:
-            samples = read_block(audio_file, read_frames)
-            if samples.shape[0] == 0:
-                break
-            check_finite(samples, info.path, frames_read)
-            frames_read += samples.shape[0]
+    for samples in read_finite_blocks(info, read_frames):
+        frames_read += samples.shape[0]
 
-            if channels == "mix":
-                samples = samples.mean(axis=1, keepdims=True, dtype=np.float32)
-            if resampler is not None:
-                samples = resampler.resample_chunk(samples, last=False)
-            pending.append(samples)
-            pending_frames += samples.shape[0]
+        if channels == "mix":
+            samples = samples.mean(axis=1, keepdims=True, dtype=np.float32)
+        if resampler is not None:
+            samples = resampler.resample_chunk(samples, last=False)
+        pending.append(samples)
+        pending_frames += samples.shape[0]
 
-            # Yield no more than the length of what has been read so far, so the total below is exact.
-            allowed = resampled_length(frames_read, info.sample_rate, target_rate) - frames_yielded
-            while pending_frames >= block_frames and allowed >= block_frames:
-                joined = np.concatenate(pending)
-                yield np.ascontiguousarray(joined[:block_frames].T)
-                pending = [joined[block_frames:]]
-                pending_frames -= block_frames
-                frames_yielded += block_frames
-                allowed -= block_frames
+        # Yield no more than the length of what has been read so far, so the total below is exact.
+        allowed = resampled_length(frames_read, info.sample_rate, target_rate) - frames_yielded
+        while pending_frames >= block_frames and allowed >= block_frames:
+            joined = np.concatenate(pending)
+            yield np.ascontiguousarray(joined[:block_frames].T)
+            pending = [joined[block_frames:]]
+            pending_frames -= block_frames
+            frames_yielded += block_frames
+            allowed -= block_frames
 
     if resampler is not None:
         pending.append(resampler.resample_chunk(np.zeros((0, output_channels), dtype=np.float32), last=True))

@@ -1,6 +1,6 @@
 """Training checkpoints as one safetensors file: the tensors, plus the rest of the state as JSON in its header.
 
-A checkpoint holds nested dicts and lists of tensors and plain values (the student, teacher and
+A checkpoint contains nested dicts and lists of tensors and plain values (the student, teacher and
 averaged weights, the optimiser and scheduler states, the step). Every tensor is stored under a
 dotted name, and the structure goes into the header's metadata as JSON, with each tensor replaced
 by its name. Reading one back never unpickles anything, so a run folder from elsewhere cannot run
@@ -27,7 +27,7 @@ STATE_FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names it and says what to do."""
+    """A checkpoint that cannot be read; the message names it and what to do."""
 
 
 def flatten(value: Any, tensors: dict[str, torch.Tensor], name: str) -> Any:

@@ -6,8 +6,8 @@ suffix of the output format. Nothing is written until every input and output pat
 checked: an input is never overwritten, and an existing output only with ``overwrite``.
 
 Every input is read in full before anything is separated. A bad input (missing, unreadable, with
-NaN samples, of the wrong kind) stops the run before anything is written; with ``skip_bad`` it is
-reported, the others are separated, and the result lists what was skipped and why. The K outputs of
+NaN samples, of the wrong kind) stops the run before anything is written. With ``skip_bad`` it is
+reported instead, the others are separated, and the result lists what was skipped and why. The K outputs of
 one input are renamed into place together, after all of them are complete.
 """
 
@@ -93,6 +93,14 @@ def stop_or_skip(problems: list[tuple[Path, str]], good: int, skip_bad: bool) ->
         logger.warning("skipping: %s", reason)
 
 
+def skip_or_raise(error: DataError, path: Path, result: SeparationResult, skip_bad: bool) -> None:
+    """Re-raise ``error`` for an input that failed during separation, or with ``skip_bad`` record it as skipped."""
+    if not skip_bad:
+        raise error
+    logger.warning("skipping: %s", error)
+    result.skipped.append((path, str(error)))
+
+
 def output_paths(out: Path, name: str, sources: int) -> list[Path]:
     return [out / f"s{k + 1}" / name for k in range(sources)]
 
@@ -145,10 +153,7 @@ def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None
                 images.append(read_png(path))
             except DataError as error:
                 # The file changed after its check.
-                if not skip_bad:
-                    raise
-                logger.warning("skipping: %s", error)
-                result.skipped.append((path, str(error)))
+                skip_or_raise(error, path, result, skip_bad)
                 continue
             chunk.append((path, name))
         if not chunk:
@@ -226,11 +231,8 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
             longform.separate_file(separate_chunks, path, targets, separator.sample_rate, chunk_seconds,
                                    overlap_seconds, batch_chunks, channels=channels, subtype=subtype)
         except AudioError as error:
-            # The file changed or failed to decode after its check; its outputs were never renamed into place.
-            if not skip_bad:
-                raise
-            logger.warning("skipping: %s", error)
-            result.skipped.append((path, str(error)))
+            # The file changed or failed to decode after its check, so its outputs were never renamed into place.
+            skip_or_raise(error, path, result, skip_bad)
             continue
         result.written.extend(targets)
         logger.info("separated %s (%d of %d)", path, index + 1, len(good))

@@ -512,7 +512,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
                 ema_update(average, student, config.ema)
             seconds += time.perf_counter() - started
             if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                # The checkpoint holds the state after this step, as a resumed run expects.
+                # The checkpoint contains the state after this step, as a resumed run expects.
                 first = step - consecutive_skips
                 save_checkpoint()
                 raise TrainingError(
