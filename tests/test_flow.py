@@ -103,6 +103,29 @@ def test_flow_residual_orders_targets_by_one_step_estimate():
     torch.testing.assert_close(result.residual.sum(dim=1), torch.zeros_like(mixture), atol=1e-5, rtol=0)
 
 
+def test_t_zero_fraction_trains_the_one_step_estimate():
+    generator = torch.Generator().manual_seed(4)
+    sources = torch.rand(64, 2, 1, 6, 6, generator=generator)
+    mixture = sources.sum(dim=1)
+    network = random_network()
+
+    def residual(fraction):
+        return flow.flow_residual(network, mixture, sources, sigma=0.5,
+                                  generator=torch.Generator().manual_seed(0), t_zero_fraction=fraction)
+
+    uniform, mixed = residual(0.0), residual(0.5)
+
+    at_zero = mixed.t == 0
+    # About half of the 64 examples take t = 0; the others keep the t that the uniform draw gives them.
+    assert 16 <= int(at_zero.sum()) <= 48
+    torch.testing.assert_close(mixed.t[~at_zero], uniform.t[~at_zero], atol=0, rtol=0)
+    assert not (uniform.t == 0).any()
+    # At t = 0 the residual is the error of the one-step estimate against the PIT-ordered targets.
+    estimate = flow.one_step_estimate(network, mixture, 2, 0.5, torch.Generator().manual_seed(0))
+    targets = torch.stack([sources[b, mixed.perm[b]] for b in range(64)])
+    torch.testing.assert_close(mixed.residual[at_zero], (estimate - targets)[at_zero], atol=1e-5, rtol=0)
+
+
 def test_waveform_start_noise_is_filtered_mixture():
     time = torch.arange(4000) / 8000
     tone = torch.sin(2 * torch.pi * 500 * time).expand(3, -1).contiguous()

@@ -252,6 +252,7 @@ def test_config_file_rejects_wrong_types(text, message, digits_dir, tmp_path):
     (["--method", "surf", "--variant", "fast"], "invalid choice: 'fast'"),
     (["--network", "transformer"], "invalid choice: 'transformer'"),
     (["--threads", "0"], "--threads must be at least 1"),
+    (["--t-zero-fraction", "1"], "--t-zero-fraction must be in [0, 1), got 1.0"),
 ])
 def test_dry_run_rejects_what_training_rejects(flags, message, digits_dir, tmp_path):
     result = run_surfsep("train", "--data", str(digits_dir / "train"), "--out", str(tmp_path / "run"), *flags,

@@ -40,6 +40,8 @@ TRAIN_HELP = {
     "warmup_steps": "steps of linear learning-rate warm-up",
     "grad_clip": "maximum gradient norm",
     "sigma": "standard deviation of the start-point noise, in units of the source values",
+    "t_zero_fraction": "flow methods: fraction of each batch trained at t = 0, where the flow loss is the one-step "
+                       "regression loss; the rest draw t uniformly from [0, 1)",
     "ema": "EMA rate a per update: teacher <- a * teacher + (1 - a) * student; methods without a teacher "
            "keep that average of the student's weights every step and save it in RUN/ema",
     "teacher_steps": "Euler steps of the teacher's separation (1 = one-step estimate)",

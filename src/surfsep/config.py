@@ -32,6 +32,7 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     sigma: float = 0.5
+    t_zero_fraction: float = 0.0
     ema: float = 0.999
     teacher_steps: int = 1
     teacher_steps_start: int = 0
@@ -67,7 +68,7 @@ def config_fields() -> dict[str, dataclasses.Field]:
 INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps", "teacher_steps", "teacher_steps_start",
                   "teacher_every", "sampler_steps", "seed",
                   "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads"}
-FLOAT_FIELDS = {"segment_seconds", "learning_rate", "grad_clip", "sigma", "ema"}
+FLOAT_FIELDS = {"segment_seconds", "learning_rate", "grad_clip", "sigma", "t_zero_fraction", "ema"}
 OPTIONAL_FIELDS = {"variant", "mixture", "sample_rate", "segment_seconds", "init", "network", "channels",
                    "sampler_steps", "valid", "threads"}
 
@@ -134,6 +135,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.learning_rate > 0, f"--learning-rate must be positive, got {config.learning_rate}"),
         (config.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {config.warmup_steps}"),
         (config.sigma > 0, f"--sigma must be positive, got {config.sigma}"),
+        (0.0 <= config.t_zero_fraction < 1.0, f"--t-zero-fraction must be in [0, 1), got {config.t_zero_fraction}"),
         (0.0 <= config.ema < 1.0, f"--ema must be in [0, 1), got {config.ema}"),
         (config.teacher_steps >= 1, f"--teacher-steps must be at least 1, got {config.teacher_steps}"),
         (config.teacher_steps_start >= 0,

@@ -106,11 +106,15 @@ def flow_residual(
     targets: torch.Tensor,
     sigma: float,
     generator: torch.Generator | None = None,
+    t_zero_fraction: float = 0.0,
 ) -> FlowResidual:
     """Draw x0 and t, pick the target order by PIT at t = 0, and return the velocity residual.
 
     ``targets`` (B, K, ...) are the x1 of the path. The order is the one that best matches the
     one-step estimate ``x0 + v(0, x0, m)``, chosen without gradient, and the whole path uses it.
+    A ``t_zero_fraction`` of the examples, drawn at random, take t = 0: there the squared residual
+    is the squared error of the one-step estimate, so these examples train the network's one-step
+    separation directly.
     """
     slots = targets.shape[1]
     x0 = start_point(mixture, slots, sigma, generator)
@@ -122,6 +126,9 @@ def flow_residual(
     x1 = apply_permutation(targets, perm)
 
     t = torch.rand(mixture.shape[0], generator=generator, dtype=mixture.dtype).to(mixture.device)
+    if t_zero_fraction > 0:
+        at_zero = torch.rand(mixture.shape[0], generator=generator).to(mixture.device) < t_zero_fraction
+        t = torch.where(at_zero, torch.zeros_like(t), t)
     t_slots = t.reshape((-1,) + (1,) * (x0.dim() - 1))
     x_t = (1 - t_slots) * x0 + t_slots * x1
     residual = velocity(model, t, x_t, mixture) - (x1 - x0)

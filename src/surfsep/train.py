@@ -475,6 +475,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             index = batch_indices(step, data_size, config.batch_size, config.seed)
             context = StepContext(
                 student=student, teacher=teacher, sources=config.sources, sigma=config.sigma,
+                t_zero_fraction=config.t_zero_fraction,
                 generator=seeded_generator(config.seed, 2, step), teacher_steps=teacher_steps_at(config, step),
                 shuffle=config.shuffle, audio=config.sample_rate is not None,
             )

@@ -19,8 +19,9 @@ class StepContext:
 
     Mixtures are (B, C, H, W) images or (B, L) audio in the internal convention, the sum of the
     sources. References, when the method needs them, are (B, K, C, H, W) or (B, K, L).
-    ``generator`` draws all of the step's noise. ``audio`` selects the regression loss: the
-    thresholded SNR (30 dB cap) for audio, the MSE for images.
+    ``generator`` draws all of the step's noise. A ``t_zero_fraction`` of the flow examples train at
+    t = 0. ``audio`` selects the regression loss: the thresholded SNR (30 dB cap) for audio, the MSE
+    for images.
     """
 
     student: nn.Module
@@ -28,6 +29,7 @@ class StepContext:
     sources: int
     sigma: float
     generator: torch.Generator
+    t_zero_fraction: float = 0.0
     teacher_steps: int = 1
     shuffle: str = "constrained"
     audio: bool = False

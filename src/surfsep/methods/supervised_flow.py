@@ -14,5 +14,7 @@ class SupervisedFlow(Method):
 
     def loss(self, context: StepContext, mixtures: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
         """Mean squared velocity residual, target order chosen by PIT at t = 0."""
-        result = flow_residual(context.student, mixtures, references, context.sigma, context.generator)
+        result = flow_residual(
+            context.student, mixtures, references, context.sigma, context.generator, context.t_zero_fraction
+        )
         return result.residual.pow(2).mean()

@@ -30,7 +30,9 @@ class SURF(Method):
     def loss(self, context: StepContext, mixtures: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
         remixed = remix_teacher_estimates(context, mixtures)
 
-        result = flow_residual(context.student, remixed.mixtures, remixed.sources, context.sigma, context.generator)
+        result = flow_residual(
+            context.student, remixed.mixtures, remixed.sources, context.sigma, context.generator, context.t_zero_fraction
+        )
 
         if self.variant == "remixit-flow":
             return result.residual.pow(2).mean()
