@@ -383,17 +383,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     from surfsep.data.images import DataError
     from surfsep.data.speech import SynthesisError
+    from surfsep.distributed import finish, launched_world
     from surfsep.models import ModelError
     from surfsep.train import TrainingError
 
     try:
-        return run_command(args)
+        status = run_command(args)
     except (DataError, ModelError, TrainingError, SynthesisError, FileExistsError, ValueError) as error:
         logger.error("error: %s", error)
-        return EXIT_ERROR
+        status = EXIT_ERROR
     except KeyboardInterrupt:
         logger.error("interrupted")
-        return 130
+        status = 130
+    except Exception:
+        if args.command == "train" and launched_world() > 1:
+            logger.exception("training failed")
+            finish(1)
+        raise
+    if args.command == "train" and launched_world() > 1:
+        finish(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from surfsep.data.audio_sets import AudioCrops, AudioMixtureSet, AudioReferenceS
 from surfsep.data.images import MixtureSet, ReferenceSet
 from surfsep.methods import Method, StepContext, get_method
 from surfsep.checkpoint import load_state, save_state
+from surfsep.distributed import RowSharded, Shard, start as start_distributed
 from surfsep.files import atomic_write_bytes, atomic_write_json
 from surfsep.models import load_model, save_model
 from surfsep.networks import build_network
@@ -63,8 +65,13 @@ def default_sampler_steps(method: Method) -> int:
     return 1 if method.one_step else 25
 
 
-def model_metadata(config: TrainConfig, method: Method, data_size: int, step: int, seconds: float) -> dict:
-    """Build the model.json fields other than the format and the network kwargs."""
+def model_metadata(
+    config: TrainConfig, method: Method, data_size: int, step: int, seconds: float, processes: int = 1
+) -> dict:
+    """Build the model.json fields other than the format and the network kwargs.
+
+    ``batch_size`` is the batch of one optimiser step over all ``processes``.
+    """
     audio = config.sample_rate is not None
     metadata = {
         "surfsep_version": __version__,
@@ -81,6 +88,7 @@ def model_metadata(config: TrainConfig, method: Method, data_size: int, step: in
             "steps": step,
             "seconds": round(seconds, 2),
             "batch_size": config.batch_size,
+            "processes": processes,
             "mixtures_seen": step * config.batch_size,
             "seed": config.seed,
             "data": str(config.data),
@@ -157,7 +165,10 @@ class ImageTensors:
     def __len__(self) -> int:
         return self.mixtures.shape[0]
 
-    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = index[rows]
         return self.mixtures[index], None if self.references is None else self.references[index]
 
 
@@ -313,11 +324,31 @@ class StopRequest:
             signal.signal(number, handler)
 
 
-def train(config: TrainConfig) -> Path:
-    """Run (or resume) training as configured; returns the run folder holding model.json."""
+def check_batch_split(config: TrainConfig, method: Method, shard: Shard) -> None:
+    """Raise TrainingError unless every network call of a step splits evenly over the processes."""
+    # MixIT separates mixtures of pairs of mixtures: half as many rows as the batch.
+    rows = config.batch_size // 2 if method.name == "mixit" else config.batch_size
+    if shard.active and rows % shard.world:
+        multiple = shard.world * (2 if method.name == "mixit" else 1)
+        raise TrainingError(
+            f"--batch-size {config.batch_size} does not split evenly over {shard.world} processes for method "
+            f"{method.name}; use a multiple of {multiple}"
+        )
+
+
+def train(config: TrainConfig, shard: Shard | None = None) -> Path:
+    """Run (or resume) training as configured; returns the run folder holding model.json.
+
+    Under ``torchrun`` the process joins the process group (unless ``shard`` says where it is), and
+    each process computes its share of every batch. ``batch_size`` stays the batch of one step over
+    all processes, so the schedule and the result do not depend on their number. Only rank 0
+    writes to the run folder. End the process with ``surfsep.distributed.finish``.
+    """
     validate_config(config)
     config = resolve_data_settings(config)
     method = get_method(config.method, config.variant)
+    shard = shard or start_distributed(torch.device("cpu"))
+    check_batch_split(config, method, shard)
     run = Path(config.out)
     state_path = run / STATE_FILE
 
@@ -333,14 +364,18 @@ def train(config: TrainConfig) -> Path:
             )
     elif run.exists() and any(path.name not in RUN_START_FILES for path in run.iterdir()):
         raise TrainingError(f"{run} already exists and contains no training state; choose a new --out or remove it")
-    elif (run / "metrics.jsonl").exists():
+    # Every process has read the folder before rank 0 writes to it.
+    shard.barrier()
+    if not shard.main:
+        return run_training(config, method, run, state_path, resuming, shard)
+    if not resuming and (run / "metrics.jsonl").exists():
         # A run that stopped before its first checkpoint starts again from step 0.
         (run / "metrics.jsonl").unlink()
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / "config.json", config.to_dict())
     log_handler, previous_level = attach_log_file(run)
     try:
-        return run_training(config, method, run, state_path, resuming)
+        return run_training(config, method, run, state_path, resuming, shard)
     finally:
         package_logger = logging.getLogger("surfsep")
         package_logger.removeHandler(log_handler)
@@ -372,7 +407,9 @@ def apply_changed_learning_rate(optimizer: torch.optim.Optimizer, scheduler, lea
         group["lr"] = learning_rate * rate_lambda(scheduler.last_epoch)
 
 
-def run_training(config: TrainConfig, method: Method, run: Path, state_path: Path, resuming: bool) -> Path:
+def run_training(
+    config: TrainConfig, method: Method, run: Path, state_path: Path, resuming: bool, shard: Shard = Shard()
+) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     data = load_training_data(config, method)
@@ -423,6 +460,8 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
                     state_path if state_path.exists() else run / LEGACY_STATE_FILE)
 
     def save_checkpoint() -> None:
+        if not shard.main:
+            return
         state = {
             "student": student.state_dict(),
             "teacher": teacher.state_dict() if teacher is not None else {},
@@ -435,19 +474,29 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
         }
         save_state(state_path, state)
         (run / LEGACY_STATE_FILE).unlink(missing_ok=True)
-        save_model(run, student, model_metadata(config, method, data_size, step, seconds))
+        save_model(run, student, model_metadata(config, method, data_size, step, seconds, shard.world))
         if teacher is not None:
             # The teacher separates in teacher_steps Euler steps during training; keep that as its default.
-            teacher_metadata = model_metadata(config, method, data_size, step, seconds)
+            teacher_metadata = model_metadata(config, method, data_size, step, seconds, shard.world)
             teacher_metadata["sampler"]["steps"] = config.teacher_steps
             teacher_metadata["role"] = "EMA teacher"
             save_model(run / "teacher", teacher, teacher_metadata)
         if average is not None:
-            average_metadata = model_metadata(config, method, data_size, step, seconds)
+            average_metadata = model_metadata(config, method, data_size, step, seconds, shard.world)
             average_metadata["role"] = f"EMA of the student weights (rate {config.ema:g} per step)"
             save_model(run / "ema", average, average_metadata)
 
-    validator = make_validator(config, method) if config.valid and config.valid_every else None
+    # Each process computes its rows of every network call; the teacher needs no gradient sync.
+    network_for_loss, teacher_for_loss = student, teacher
+    if shard.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        network_for_loss = RowSharded(DistributedDataParallel(student), shard)
+        teacher_for_loss = RowSharded(teacher, shard) if teacher is not None else None
+        logger.info("%d processes, each computing %d of the %d mixtures of a step", shard.world,
+                    config.batch_size // shard.world, config.batch_size)
+
+    validator = make_validator(config, method) if config.valid and config.valid_every and shard.main else None
     period = teacher_period(config, data_size)
     defaults = TrainConfig()
     # The EMA rate also sets the weight average of methods without a teacher.
@@ -465,7 +514,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
     else:
         warn_slow_average(config, run)
     stop = StopRequest()
-    metrics_file = (run / "metrics.jsonl").open("a")
+    metrics_file = (run / "metrics.jsonl").open("a") if shard.main else open(os.devnull, "w")
     consecutive_skips = 0
     window_loss, window_count, window_skipped, window_start = 0.0, 0, 0, time.perf_counter()
     try:
@@ -474,12 +523,15 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             student.train()
             index = batch_indices(step, data_size, config.batch_size, config.seed)
             context = StepContext(
-                student=student, teacher=teacher, sources=config.sources, sigma=config.sigma,
+                student=network_for_loss, teacher=teacher_for_loss, sources=config.sources, sigma=config.sigma,
                 t_zero_fraction=config.t_zero_fraction,
                 generator=seeded_generator(config.seed, 2, step), teacher_steps=teacher_steps_at(config, step),
                 shuffle=config.shuffle, audio=config.sample_rate is not None,
             )
-            mixtures, references = data.batch(index, seeded_generator(config.seed, 3, step))
+            mixtures, references = data.batch(index, seeded_generator(config.seed, 3, step), shard.rows(len(index)))
+            if shard.active:
+                mixtures = shard.gather(mixtures)
+                references = None if references is None else shard.gather(references)
 
             loss = method.loss(context, mixtures, references)
 
@@ -516,6 +568,7 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
                 # The checkpoint contains the state after this step, as a resumed run expects.
                 first = step - consecutive_skips
                 save_checkpoint()
+                shard.barrier()
                 raise TrainingError(
                     f"steps {first} to {step - 1} all had a non-finite loss or gradient, so training stopped. "
                     f"{run} holds a checkpoint at step {step} with the weights from before step {first}: resume "
@@ -540,9 +593,10 @@ def run_training(config: TrainConfig, method: Method, run: Path, state_path: Pat
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint()
             # A stop requested during the last step comes too late to matter: the run is complete.
-            if stop.requested and step < config.steps:
+            if shard.any(stop.requested) and step < config.steps:
                 logger.warning("interrupted at step %d; saved a checkpoint to resume from", step)
                 save_checkpoint()
+                shard.barrier()
                 raise KeyboardInterrupt
     finally:
         stop.restore()

@@ -287,9 +287,17 @@ class AudioCrops:
     def __len__(self) -> int:
         return len(self.mixtures)
 
-    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Crops of the mixtures ``index`` (and their references), of which only ``rows`` are read.
+
+        The crop positions are drawn for the whole of ``index``, so that a process reading its share
+        of a batch gets the crops that a single process would.
+        """
         chosen = index.tolist()
         starts = crop_starts(self.durations[chosen], self.segment_seconds, generator)
+        chosen, starts = chosen[rows], starts[rows]
         mixtures = np.stack([read_crop(self.mixtures[i], start, self.segment_frames, self.sample_rate)
                              for i, start in zip(chosen, starts)])
         references = None
