@@ -66,6 +66,9 @@ TRAIN_HELP = {
     "valid_every": "steps between validations (0 = never)",
     "valid_limit": "maximum number of validation mixtures",
     "threads": "PyTorch CPU threads (default: PyTorch's choice)",
+    "device": "where training runs: cpu, cuda or cuda:N; under torchrun, cuda gives each process the GPU of its "
+              "local rank",
+    "precision": "fp32, or bf16 for autocast to bfloat16 (default: bf16 on cuda, fp32 on cpu)",
 }
 
 
@@ -74,6 +77,7 @@ TRAIN_CHOICES = {
     "variant": list(SURF_VARIANTS),
     "network": sorted(NETWORKS),
     "shuffle": ["constrained", "free"],
+    "precision": ["fp32", "bf16"],
     "teacher_update": ["ema", "replace"],
     "teacher_start": ["init", "scratch"],
     "mixture": ["mean", "sum"],
@@ -170,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--out", type=Path, required=True, help="folder for s1/ ... sK/ outputs")
     separate.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     separate.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default: 0)")
+    separate.add_argument("--device", default="cpu",
+                          help="where the network runs: cpu, cuda or cuda:N (default: cpu)")
     separate.add_argument("--bit-depth", type=int, choices=[8, 16], default=16,
                           help="images: bits per pixel of the output PNGs (default: 16)")
     separate.add_argument("--format", choices=["wav", "flac"], help="audio: output file format (default: wav)")
@@ -321,7 +327,7 @@ def run_command(args: argparse.Namespace) -> int:
         audio_options = {name: value for name, value in audio_options.items() if value is not None}
         result = separate_files(args.model, args.inputs, args.out, steps=args.steps, seed=args.seed,
                                 overwrite=args.overwrite, bit_depth=args.bit_depth, skip_bad=args.skip_bad,
-                                **audio_options)
+                                device=args.device, **audio_options)
         logger.info("wrote %d files to %s", len(result.written), args.out)
         if result.skipped:
             logger.error("skipped %d input(s) that could not be separated:\n%s", len(result.skipped),

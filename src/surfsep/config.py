@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 # Fields that may change when a run is resumed; every other field must match the saved config. A
 # diverging run can continue with a lower learning rate or gradient clip.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads",
-                     "learning_rate", "grad_clip")
+                     "learning_rate", "grad_clip", "device", "precision")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class TrainConfig:
     valid_every: int = 0
     valid_limit: int = 250
     threads: int | None = None
+    device: str = "cpu"
+    precision: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,6 +160,9 @@ def validate_config(config: TrainConfig) -> None:
          f"--channels must be positive widths, got {config.channels}"),
         (config.sampler_steps is None or config.sampler_steps >= 1, f"--sampler-steps must be at least 1, got {config.sampler_steps}"),
         (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
+        (re.fullmatch(r"cpu|cuda(:\d+)?", config.device) is not None,
+         f"--device must be cpu, cuda or cuda:N, got {config.device!r}"),
+        (config.precision in (None, "fp32", "bf16"), f"--precision must be fp32 or bf16, got {config.precision!r}"),
         (config.valid_every >= 0, f"--valid-every must be 0 or more, got {config.valid_every}"),
         (config.valid_limit >= 1, f"--valid-limit must be at least 1, got {config.valid_limit}"),
         (bool(config.data), "--data is required: a folder of mixtures, or a split folder with mix/"),

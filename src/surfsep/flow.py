@@ -70,7 +70,8 @@ def start_point(
 
 def velocity(model: VelocityModel, t: torch.Tensor, x_t: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
     """Network velocity with ``P_perp`` applied: ``v(t, x_t, m)``, shape (B, K, ...)."""
-    return project_zero_sum(model(x_t, mixture, t))
+    # Under autocast the network may answer in bfloat16; the flow itself stays in the input's precision.
+    return project_zero_sum(model(x_t, mixture, t).to(x_t.dtype))
 
 
 def one_step_estimate(

@@ -208,6 +208,18 @@ class Separator:
     def default_steps(self) -> int:
         return int(self.metadata["sampler"]["steps"])
 
+    @property
+    def device(self) -> torch.device:
+        """The device the network runs on (the CPU for a plain callable); inputs and outputs stay on the CPU."""
+        parameters = getattr(self.network, "parameters", None)
+        first = next(parameters(), None) if parameters is not None else None
+        return torch.device("cpu") if first is None else first.device
+
+    def to(self, device: str | torch.device) -> "Separator":
+        """Move the network to ``device`` (such as "cuda"); returns the separator."""
+        self.network.to(device)
+        return self
+
     def mixture_scale(self) -> float:
         """Factor from a file mixture to the internal sum-of-sources mixture."""
         return float(self.sources) if self.metadata.get("mixture", "mean") == "mean" else 1.0
@@ -265,7 +277,9 @@ class Separator:
             x0 = torch.cat([
                 flow.start_point(item.unsqueeze(0), self.sources, sigma, noise_generator(seed, item)) for item in chunk
             ])
-            outputs.append(flow.sample(self.network, chunk, self.sources, steps, sigma, solver=solver, x0=x0))
+            estimates = flow.sample(self.network, chunk.to(self.device), self.sources, steps, sigma, solver=solver,
+                                    x0=x0.to(self.device))
+            outputs.append(estimates.cpu())
         return torch.cat(outputs).squeeze(2)
 
 
@@ -325,7 +339,8 @@ class AudioSeparator(Separator):
             x0 = torch.cat([
                 flow.start_point(item.unsqueeze(0), self.sources, sigma, noise_generator(seed, item)) for item in scaled
             ])
-            estimates = flow.sample(self.network, scaled, self.sources, steps, sigma, solver=solver, x0=x0)
+            estimates = flow.sample(self.network, scaled.to(self.device), self.sources, steps, sigma, solver=solver,
+                                    x0=x0.to(self.device)).cpu()
             estimates = estimates * scale[:, None, None]
             # A silent chunk has nothing to separate; every source gets an equal share of it.
             equal_share = (chunks / self.sources).unsqueeze(1).expand_as(estimates)
@@ -411,9 +426,29 @@ class AudioSeparator(Separator):
         return results[0] if channels == "mix" else torch.stack(results)
 
 
-def load(path: str | Path) -> Separator:
-    """Load a model folder written by ``surfsep train`` as a ``Separator`` (``AudioSeparator`` for audio)."""
+def load(path: str | Path, device: str | torch.device = "cpu") -> Separator:
+    """Load a model folder written by ``surfsep train`` as a ``Separator`` (``AudioSeparator`` for audio).
+
+    The network runs on ``device``, such as "cuda"; mixtures and estimates stay on the CPU.
+    """
+    check_device(device)
     network, metadata = load_model(Path(path))
-    if metadata.get("modality", "image") == "audio":
-        return AudioSeparator(network=network, metadata=metadata)
-    return Separator(network=network, metadata=metadata)
+    kind = AudioSeparator if metadata.get("modality", "image") == "audio" else Separator
+    return kind(network=network, metadata=metadata).to(device)
+
+
+def check_device(device: str | torch.device) -> None:
+    """Raise ModelError unless ``device`` is the CPU or a CUDA GPU that this PyTorch can use."""
+    name = str(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ModelError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ModelError(f"device {device} needs a CUDA GPU, and PyTorch {torch.__version__} finds none; use cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")

@@ -118,12 +118,13 @@ def check_outputs(items: list[tuple[Path, str]], out: Path, sources: int, overwr
 
 def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None = None, seed: int = 0,
                    overwrite: bool = False, bit_depth: int = 16, batch_size: int = 64, skip_bad: bool = False,
-                   **audio_options) -> SeparationResult:
+                   device: str = "cpu", **audio_options) -> SeparationResult:
     """Separate every input file with the model at ``model``; returns the files written and the inputs skipped.
 
-    ``audio_options`` go to ``separate_audio_files`` and are rejected for image models.
+    The network runs on ``device`` (cpu, cuda or cuda:N). ``audio_options`` go to
+    ``separate_audio_files`` and are rejected for image models.
     """
-    separator = load(model)
+    separator = load(model, device)
     if isinstance(separator, AudioSeparator):
         return separate_audio_files(separator, inputs, Path(out), steps=steps, seed=seed, overwrite=overwrite,
                                     skip_bad=skip_bad, **audio_options)

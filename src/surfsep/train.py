@@ -28,7 +28,7 @@ from surfsep.data.audio_sets import AudioCrops, AudioMixtureSet, AudioReferenceS
 from surfsep.data.images import MixtureSet, ReferenceSet
 from surfsep.methods import Method, StepContext, get_method
 from surfsep.checkpoint import load_state, save_state
-from surfsep.distributed import RowSharded, Shard, start as start_distributed
+from surfsep.distributed import RowSharded, Shard, launched_world, start as start_distributed
 from surfsep.files import atomic_write_bytes, atomic_write_json
 from surfsep.models import load_model, save_model
 from surfsep.networks import build_network
@@ -155,6 +155,54 @@ def check_resume_config(saved: dict, config: TrainConfig, run: Path, trained: in
         )
 
 
+class BatchSource:
+    """The mixtures (and references) of each step, on the training device.
+
+    Each process reads its rows of the batch, and the rows are gathered. With ``ahead`` > 0 the
+    batches of the next ``ahead`` steps are read in advance on a thread; training on a GPU does that
+    for audio, so that reading files does not hold the GPU up.
+    """
+
+    def __init__(self, data, config: TrainConfig, shard: Shard, device: torch.device, ahead: int = 0):
+        self.data, self.config, self.shard, self.device = data, config, shard, device
+        self.ahead = ahead
+        self.pending: dict = {}
+        self.pool = None
+        if self.ahead:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surfsep-batches")
+
+    def read(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = batch_indices(step, len(self.data), self.config.batch_size, self.config.seed)
+        mixtures, references = self.data.batch(index, seeded_generator(self.config.seed, 3, step),
+                                               self.shard.rows(len(index)))
+        if self.pool is not None and self.device.type == "cuda":
+            mixtures = mixtures.pin_memory()
+            references = None if references is None else references.pin_memory()
+        return mixtures, references
+
+    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pool is None:
+            mixtures, references = self.read(step)
+        else:
+            future = self.pending.pop(step, None) or self.pool.submit(self.read, step)
+            for later in range(step + 1, min(step + 1 + self.ahead, self.config.steps)):
+                if later not in self.pending:
+                    self.pending[later] = self.pool.submit(self.read, later)
+            mixtures, references = future.result()
+        mixtures = mixtures.to(self.device, non_blocking=True)
+        references = None if references is None else references.to(self.device, non_blocking=True)
+        if self.shard.active:
+            mixtures = self.shard.gather(mixtures)
+            references = None if references is None else self.shard.gather(references)
+        return mixtures, references
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class ImageTensors:
     """Training images held in memory: mixtures (N, 1, H, W) in the sum convention, references (N, K, 1, H, W)."""
 
@@ -168,14 +216,21 @@ class ImageTensors:
     def batch(
         self, index: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        index = index[rows]
+        index = index[rows].to(self.mixtures.device)
         return self.mixtures[index], None if self.references is None else self.references[index]
+
+    def to(self, device: torch.device) -> "ImageTensors":
+        """Move the whole set to ``device`` (it is small), so that batches need no copy."""
+        references = None if self.references is None else self.references.to(device)
+        return ImageTensors(self.mixtures.to(device), references)
 
 
 def resolve_data_settings(config: TrainConfig) -> TrainConfig:
     """Fill the settings that depend on the training data: modality defaults and the audio sample rate."""
     modality = detect_modality(Path(config.data))
     config = resolve_for_modality(config, modality)
+    if config.precision is None:
+        config = dataclasses.replace(config, precision="bf16" if config.device.startswith("cuda") else "fp32")
     if modality == "audio" and config.sample_rate is None:
         entries = AudioMixtureSet.open(Path(config.data)).entries
         config = dataclasses.replace(config, sample_rate=common_sample_rate(entries, Path(config.data)))
@@ -324,6 +379,22 @@ class StopRequest:
             signal.signal(number, handler)
 
 
+def training_device(config: TrainConfig) -> torch.device:
+    """Return the device of ``--device``; under torchrun, ``cuda`` means the GPU of the process's local rank."""
+    device = torch.device(config.device)
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise TrainingError(f"--device {config.device} needs a CUDA GPU, and PyTorch {torch.__version__} finds none; "
+                            f"train with --device cpu")
+    if device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if launched_world() > 1 else 0)
+    if device.index >= torch.cuda.device_count():
+        raise TrainingError(f"--device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    torch.cuda.set_device(device)
+    return device
+
+
 def check_batch_split(config: TrainConfig, method: Method, shard: Shard) -> None:
     """Raise TrainingError unless every network call of a step splits evenly over the processes."""
     # MixIT separates mixtures of pairs of mixtures: half as many rows as the batch.
@@ -347,7 +418,8 @@ def train(config: TrainConfig, shard: Shard | None = None) -> Path:
     validate_config(config)
     config = resolve_data_settings(config)
     method = get_method(config.method, config.variant)
-    shard = shard or start_distributed(torch.device("cpu"))
+    device = training_device(config)
+    shard = shard or start_distributed(device)
     check_batch_split(config, method, shard)
     run = Path(config.out)
     state_path = run / STATE_FILE
@@ -367,7 +439,7 @@ def train(config: TrainConfig, shard: Shard | None = None) -> Path:
     # Every process has read the folder before rank 0 writes to it.
     shard.barrier()
     if not shard.main:
-        return run_training(config, method, run, state_path, resuming, shard)
+        return run_training(config, method, run, state_path, resuming, shard, device)
     if not resuming and (run / "metrics.jsonl").exists():
         # A run that stopped before its first checkpoint starts again from step 0.
         (run / "metrics.jsonl").unlink()
@@ -375,7 +447,7 @@ def train(config: TrainConfig, shard: Shard | None = None) -> Path:
     atomic_write_json(run / "config.json", config.to_dict())
     log_handler, previous_level = attach_log_file(run)
     try:
-        return run_training(config, method, run, state_path, resuming, shard)
+        return run_training(config, method, run, state_path, resuming, shard, device)
     finally:
         package_logger = logging.getLogger("surfsep")
         package_logger.removeHandler(log_handler)
@@ -408,11 +480,14 @@ def apply_changed_learning_rate(optimizer: torch.optim.Optimizer, scheduler, lea
 
 
 def run_training(
-    config: TrainConfig, method: Method, run: Path, state_path: Path, resuming: bool, shard: Shard = Shard()
+    config: TrainConfig, method: Method, run: Path, state_path: Path, resuming: bool, shard: Shard = Shard(),
+    device: torch.device = torch.device("cpu"),
 ) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     data = load_training_data(config, method)
+    if isinstance(data, ImageTensors):
+        data = data.to(device)
     data_size = len(data)
     if data_size < config.batch_size:
         raise TrainingError(f"{config.data} contains {data_size} mixtures, fewer than --batch-size {config.batch_size}")
@@ -424,7 +499,7 @@ def run_training(
         config.sources, config.batch_size, torch.get_num_threads(), __version__,
     )
 
-    student = build_student(config, method)
+    student = build_student(config, method).to(device)
     teacher = copy.deepcopy(student).eval() if method.needs_teacher else None
     if teacher is not None:
         teacher.requires_grad_(False)
@@ -491,10 +566,13 @@ def run_training(
     if shard.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        network_for_loss = RowSharded(DistributedDataParallel(student), shard)
+        device_ids = [device.index] if device.type == "cuda" else None
+        network_for_loss = RowSharded(DistributedDataParallel(student, device_ids=device_ids), shard)
         teacher_for_loss = RowSharded(teacher, shard) if teacher is not None else None
         logger.info("%d processes, each computing %d of the %d mixtures of a step", shard.world,
                     config.batch_size // shard.world, config.batch_size)
+    if device.type != "cpu":
+        logger.info("training on %s (%s), precision %s", device, torch.cuda.get_device_name(device), config.precision)
 
     validator = make_validator(config, method) if config.valid and config.valid_every and shard.main else None
     period = teacher_period(config, data_size)
@@ -514,6 +592,8 @@ def run_training(
     else:
         warn_slow_average(config, run)
     stop = StopRequest()
+    batches = BatchSource(data, config, shard, device,
+                          ahead=4 if device.type == "cuda" and isinstance(data, AudioCrops) else 0)
     metrics_file = (run / "metrics.jsonl").open("a") if shard.main else open(os.devnull, "w")
     consecutive_skips = 0
     window_loss, window_count, window_skipped, window_start = 0.0, 0, 0, time.perf_counter()
@@ -521,19 +601,16 @@ def run_training(
         while step < config.steps:
             started = time.perf_counter()
             student.train()
-            index = batch_indices(step, data_size, config.batch_size, config.seed)
             context = StepContext(
                 student=network_for_loss, teacher=teacher_for_loss, sources=config.sources, sigma=config.sigma,
                 t_zero_fraction=config.t_zero_fraction,
                 generator=seeded_generator(config.seed, 2, step), teacher_steps=teacher_steps_at(config, step),
                 shuffle=config.shuffle, audio=config.sample_rate is not None,
             )
-            mixtures, references = data.batch(index, seeded_generator(config.seed, 3, step), shard.rows(len(index)))
-            if shard.active:
-                mixtures = shard.gather(mixtures)
-                references = None if references is None else shard.gather(references)
+            mixtures, references = batches.get(step)
 
-            loss = method.loss(context, mixtures, references)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                loss = method.loss(context, mixtures, references)
 
             optimizer.zero_grad(set_to_none=True)
             problem = None
@@ -600,6 +677,7 @@ def run_training(
                 raise KeyboardInterrupt
     finally:
         stop.restore()
+        batches.close()
         metrics_file.close()
 
     if not (run / "model.json").exists():
