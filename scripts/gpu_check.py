@@ -34,6 +34,8 @@ import numpy as np
 import soundfile
 import torch
 
+from surfsep.data.tones import write_tone_set
+
 RATE = 8000
 
 
@@ -52,23 +54,6 @@ def surfsep(*args: str, processes: int = 1) -> float:
         print(result.stdout[-3000:], result.stderr[-6000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"failed with status {result.returncode} after {seconds:.1f} s")
     return seconds
-
-
-def write_tones(folder: Path, splits: dict[str, int], seconds: float) -> None:
-    """Write a LibriMix-layout set of two harmonic tones per mixture, random pitch and envelope."""
-    rng = np.random.default_rng(0)
-    time_axis = np.arange(int(seconds * RATE)) / RATE
-    for split, count in splits.items():
-        for index in range(count):
-            sources = []
-            for _ in range(2):
-                pitch = rng.uniform(100, 600)
-                tone = sum(np.sin(2 * np.pi * pitch * h * time_axis + rng.uniform(0, 6.3)) / h for h in range(1, 4))
-                envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(1, 4) * time_axis + rng.uniform(0, 6.3))
-                sources.append(0.2 * tone * envelope)
-            for label, signal in (("s1", sources[0]), ("s2", sources[1]), ("mix", sources[0] + sources[1])):
-                (folder / split / label).mkdir(parents=True, exist_ok=True)
-                soundfile.write(folder / split / label / f"{index:04d}.wav", signal.astype(np.float32), RATE)
 
 
 def steps_per_second(run: Path) -> float:
@@ -132,7 +117,7 @@ def main() -> int:
 
     tones = work / "tones"
     if not (tones / "train").exists():
-        write_tones(tones, {"train": 64, "valid": 8, "test": 8}, seconds=2.0)
+        write_tone_set(tones, {"train": 64, "valid": 8, "test": 8}, seconds=2.0)
     seconds = surfsep("train", "--method", "supervised-flow", "--data", str(tones / "train"),
                       "--out", str(runs / "tones-flow"), "--steps", str(args.steps), "--batch-size", "8",
                       "--segment-seconds", "1", "--sigma", "1", "--log-every", "50", *device)

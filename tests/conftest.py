@@ -12,6 +12,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 from surfsep.data.digits import build_digits
+from surfsep.data.tones import write_tone_set
 from surfsep.networks import SlotUNet
 
 
@@ -40,28 +41,6 @@ def run_surfsep(*args: str, check: bool = True, **kwargs) -> subprocess.Complete
     if check and result.returncode != 0:
         raise AssertionError(f"surfsep {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
-
-
-def write_tone_set(folder: Path, mixtures: dict[str, int], sample_rate: int = 8000, seconds: float = 0.5) -> Path:
-    """Write a LibriMix-layout set of two-source mixtures of harmonic tones with random pitch and envelope."""
-    import numpy as np
-    import soundfile
-
-    rng = np.random.default_rng(0)
-    time = np.arange(int(seconds * sample_rate)) / sample_rate
-    for split, count in mixtures.items():
-        for index in range(count):
-            sources = []
-            for _ in range(2):
-                pitch = rng.uniform(100, 600)
-                tone = sum(np.sin(2 * np.pi * pitch * h * time + rng.uniform(0, 6.3)) / h for h in range(1, 4))
-                envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(1, 4) * time + rng.uniform(0, 6.3))
-                sources.append(0.2 * tone * envelope)
-            name = f"{index:04d}.wav"
-            for label, signal in (("s1", sources[0]), ("s2", sources[1]), ("mix", sources[0] + sources[1])):
-                (folder / split / label).mkdir(parents=True, exist_ok=True)
-                soundfile.write(folder / split / label / name, signal.astype(np.float32), sample_rate, subtype="FLOAT")
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -165,7 +165,7 @@ def test_mixed_rates_need_sample_rate(tones_dir, tmp_path):
 
 
 def test_sixteen_khz_files_train_at_eight_khz(tmp_path):
-    from conftest import write_tone_set
+    from surfsep.data.tones import write_tone_set
 
     data = write_tone_set(tmp_path / "tones16", {"train": 8}, sample_rate=16000, seconds=0.4)
     run = train(TrainConfig(method="mixit", data=str(data / "train"), out=str(tmp_path / "run"), steps=1,
@@ -181,7 +181,7 @@ def test_audio_settings_rejected_for_images(digits_dir, tmp_path):
 
 
 def test_init_must_match_sample_rate(tones_dir, audio_mixit, tmp_path):
-    from conftest import write_tone_set
+    from surfsep.data.tones import write_tone_set
 
     data = write_tone_set(tmp_path / "tones16", {"train": 8}, sample_rate=16000, seconds=0.4)
     with pytest.raises(TrainingError, match="sample rate"):

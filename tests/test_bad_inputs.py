@@ -13,9 +13,10 @@ import pytest
 import soundfile
 from PIL import Image
 
-from conftest import run_surfsep, write_tone_set
+from conftest import run_surfsep
 from surfsep import separate
 from surfsep.data.images import DataError, read_png
+from surfsep.data.tones import write_tone_set
 from surfsep.separate import separate_files
 
 RATE = 8000
