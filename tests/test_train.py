@@ -297,6 +297,24 @@ def test_moved_run_resumes_exactly(digits_dir, mixit_run, tmp_path):
     assert "contains a run with other settings: init" in result.stderr
 
 
+def test_run_being_trained_by_another_process_is_refused(digits_dir, tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 2))
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    # This test process plays the other trainer: it holds the run's lock.
+    with open(out / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_surfsep(*train_args(digits_dir / "train", out, "mixit", 4), check=False)
+    assert result.returncode == 2
+    assert f"another process is training {out}; wait for it to finish or stop it" in result.stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    # Once the lock is released, the same command continues the run.
+    run_surfsep(*train_args(digits_dir / "train", out, "mixit", 4))
+    assert json.loads((out / "model.json").read_text())["training"]["steps"] == 4
+
+
 def test_resume_rejects_fewer_steps(digits_dir, tmp_path):
     out = tmp_path / "run"
     run_surfsep(*train_args(digits_dir / "train", out, "mixit", 4))

@@ -39,8 +39,10 @@ STATE_FILE = "state.safetensors"
 # Checkpoints of surfsep 0.1.0 before the safetensors format; read with PyTorch's restricted
 # unpickler (tensors and plain containers only) and replaced at the next checkpoint.
 LEGACY_STATE_FILE = "state.pt"
+# Held locked by the process that trains the run, so that a second one cannot write to it too.
+LOCK_FILE = ".lock"
 # Files a run writes before its first checkpoint; a folder holding only these starts afresh.
-RUN_START_FILES = {"config.json", "log.txt", "metrics.jsonl"}
+RUN_START_FILES = {"config.json", "log.txt", "metrics.jsonl", LOCK_FILE}
 MAX_CONSECUTIVE_SKIPS = 20
 
 
@@ -422,8 +424,35 @@ def train(config: TrainConfig, shard: Shard | None = None) -> Path:
     shard = shard or start_distributed(device)
     check_batch_split(config, method, shard)
     run = Path(config.out)
-    state_path = run / STATE_FILE
+    lock = lock_run(run) if shard.main else None
+    try:
+        return start_training(config, method, run, shard, device)
+    finally:
+        if lock is not None:
+            lock.close()
 
+
+def lock_run(run: Path):
+    """Create ``run`` and lock its lock file; returns the open file, whose closing releases the lock.
+
+    The operating system releases the lock when the process ends, however it ends.
+    """
+    import fcntl
+
+    run.mkdir(parents=True, exist_ok=True)
+    handle = open(run / LOCK_FILE, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise TrainingError(f"another process is training {run}; wait for it to finish or stop it, "
+                            f"or choose another --out") from None
+    return handle
+
+
+def start_training(config: TrainConfig, method: Method, run: Path, shard: Shard, device: torch.device) -> Path:
+    """Check the run folder against ``config``, then write its start files and train."""
+    state_path = run / STATE_FILE
     resuming = state_path.exists() or (run / LEGACY_STATE_FILE).exists()
     if resuming:
         saved = json.loads((run / "config.json").read_text())
