@@ -101,7 +101,7 @@ def test_reading_ahead_gives_the_same_batches(tones_dir):
         ahead.close()
 
 
-def test_crops_of_a_share_are_those_rows_of_the_whole_batch(tones_dir):
+def test_batch_share_matches_whole_batch(tones_dir):
     reference_set = AudioReferenceSet.open(tones_dir / "train", 2)
     crops = AudioCrops(reference_set.mixtures, reference_set.references, 8000, 0.25)
     index = torch.tensor([5, 0, 9, 3])

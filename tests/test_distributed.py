@@ -75,8 +75,8 @@ def test_two_processes_match_one(method, variant, digits_dir, mixit_start, tmp_p
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     assert all(torch.equal(rank0[name], saved[name]) for name in rank0)
     # Against one process: the same up to float rounding. Adam's first steps move a weight by about
-    # the learning rate whatever the size of its gradient, so a gradient within rounding of zero may
-    # move a weight either way; nearly every weight must agree exactly.
+    # the learning rate whatever the size of its gradient. A gradient within rounding of zero may
+    # therefore move a weight either way, so only nearly every weight must agree exactly.
     difference = torch.cat([(rank0[name] - single[name]).abs().flatten() for name in rank0])
     assert (difference <= 1e-6).float().mean() >= 0.99
     if method == "surf":
@@ -85,7 +85,8 @@ def test_two_processes_match_one(method, variant, digits_dir, mixit_start, tmp_p
     assert difference.max() <= 2 * STEPS * 1e-3
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     metadata = json.loads((tmp_path / "two" / "model.json").read_text())
-    assert metadata["training"]["processes"] == 2 and metadata["training"]["batch_size"] == 8
+    assert metadata["training"]["processes"] == 2
+    assert metadata["training"]["batch_size"] == 8
     # Only rank 0 wrote the log: one line per step.
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == STEPS
 

@@ -1,9 +1,9 @@
 """Training on several processes with PyTorch DDP, launched by ``torchrun``.
 
 Each process computes the network on its own rows of every batch, and the rows are gathered
-again after every network call. Everything else of a step (the random draws, the remix across the
-batch, PIT and the loss) then runs on the whole batch in every process, exactly as in a single
-process, so a run does not depend on the number of processes beyond float rounding.
+again after every network call. Everything else of a step then runs on the whole batch in every
+process, exactly as in a single process: the random draws, the remix across the batch, PIT and the
+loss. So a run does not depend on the number of processes beyond float rounding.
 
 Gradients: every process computes the same loss L of the gathered outputs. Backward through the
 gather sums the processes' gradients for each row, which gives each process W times dL/d(its
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 class DistributedError(ValueError):
-    """A distributed setting that cannot work; the message says what to change."""
+    """A distributed setting that cannot work; the message names the change to make."""
 
 
 @dataclass(frozen=True)

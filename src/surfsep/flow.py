@@ -70,7 +70,7 @@ def start_point(
 
 def velocity(model: VelocityModel, t: torch.Tensor, x_t: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
     """Network velocity with ``P_perp`` applied: ``v(t, x_t, m)``, shape (B, K, ...)."""
-    # Under autocast the network may answer in bfloat16; the flow itself stays in the input's precision.
+    # Under autocast the network may return bfloat16, so its output is cast back to the input's precision.
     return project_zero_sum(model(x_t, mixture, t).to(x_t.dtype))
 
 

@@ -412,7 +412,7 @@ def check_batch_split(config: TrainConfig, method: Method, shard: Shard) -> None
 def train(config: TrainConfig, shard: Shard | None = None) -> Path:
     """Run (or resume) training as configured; returns the run folder holding model.json.
 
-    Under ``torchrun`` the process joins the process group (unless ``shard`` says where it is), and
+    Under ``torchrun`` the process joins the process group (unless ``shard`` gives its place), and
     each process computes its share of every batch. ``batch_size`` stays the batch of one step over
     all processes, so the schedule and the result do not depend on their number. Only rank 0
     writes to the run folder. End the process with ``surfsep.distributed.finish``.
@@ -638,6 +638,8 @@ def run_training(
             )
             mixtures, references = batches.get(step)
 
+            # NOTE: the CUDA path (device moves, NCCL, bf16 on a GPU) has not run on a GPU yet; only bf16
+            # on the CPU is tested. scripts/gpu_check.py is the check to run on one.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 loss = method.loss(context, mixtures, references)
 
