@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from conftest import run_surfsep
 from surfsep.checkpoint import load_state
 from surfsep.config import TrainConfig
+from surfsep import train as train_module
 from surfsep.train import train
 
 SMALL = dict(channels=[8, 16], batch_size=16, threads=1, log_every=5)
@@ -82,6 +83,7 @@ def test_scratch_start_refuses_init(digits_dir, mixit_init, tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--teacher-update", "copy"], "invalid choice: 'copy'"),
     (["--teacher-every", "-1"], "--teacher-every must be 0 (once per epoch) or more, got -1"),
+    (["--teacher-reuse", "0"], "--teacher-reuse must be at least 1, got 0"),
 ])
 def test_bad_teacher_settings_are_named(flags, message, digits_dir, mixit_init, tmp_path):
     result = run_surfsep("train", "--method", "surf", "--data", str(digits_dir / "train"), "--out",
@@ -102,8 +104,9 @@ def test_run_saved_before_teacher_options_resumes(digits_dir, mixit_init, tmp_pa
 
 def test_teacher_settings_without_teacher_warn(digits_dir, tmp_path):
     result = run_surfsep("train", "--method", "mixit", "--data", str(digits_dir / "train"), "--out", str(tmp_path / "run"),
-                         "--steps", "1", "--channels", "8", "16", "--batch-size", "16", "--teacher-update", "replace")
-    assert "method mixit has no teacher, so --teacher-update has no effect" in result.stderr
+                         "--steps", "1", "--channels", "8", "16", "--batch-size", "16", "--teacher-update", "replace",
+                         "--teacher-reuse", "4")
+    assert "method mixit has no teacher, so --teacher-update, --teacher-reuse have no effect" in result.stderr
 
 
 def test_negative_seed_is_rejected_before_writing(digits_dir, tmp_path):
@@ -198,3 +201,45 @@ def test_trained_teacher_steps_cannot_change(digits_dir, mixit_init, tmp_path):
     assert result.returncode == 2
     assert ("teacher sampler steps at step 2 (1 in the run, 2 now; --teacher-steps-start 4 or later keeps the "
             "steps already trained)") in result.stderr
+
+
+@pytest.mark.parametrize("method", ["surf", "remixit"])
+def test_reused_estimates_separate_once_per_block(method, digits_dir, mixit_init, tmp_path, monkeypatch):
+    read_steps, separated = [], []
+    original_read, original_estimates = train_module.BatchSource.read, train_module.teacher_estimates
+
+    def spy_read(self, step):
+        read_steps.append(step)
+        return original_read(self, step)
+
+    def spy_estimates(context, mixtures):
+        estimates = original_estimates(context, mixtures)
+        separated.append(estimates)
+        return estimates
+
+    monkeypatch.setattr(train_module.BatchSource, "read", spy_read)
+    monkeypatch.setattr(train_module, "teacher_estimates", spy_estimates)
+    run = train(TrainConfig(method=method, data=str(digits_dir / "train"), out=str(tmp_path / "run"), steps=7,
+                            init=str(mixit_init), teacher_reuse=3, **SMALL))
+
+    # Steps 0-2, 3-5 and 6 form three blocks: one batch read and one separation each.
+    assert read_steps == [0, 3, 6]
+    assert len(separated) == 3
+    assert all(estimates.shape == (16, 2, 1, 28, 28) for estimates in separated)
+    assert "each teacher separation serves 3 steps" in (run / "log.txt").read_text()
+
+
+def test_reused_estimates_resume_within_a_block(digits_dir, mixit_init, tmp_path):
+    whole = surf_run(digits_dir, mixit_init, tmp_path / "whole", 7, teacher_reuse=3)
+    # Stopped at step 5, inside the block of steps 3 to 5: the checkpoint keeps that block's estimates.
+    resumed = surf_run(digits_dir, mixit_init, tmp_path / "resumed", 5, teacher_reuse=3)
+    assert load_state(resumed / "state.safetensors")["reused"]["start"] == 3
+    surf_run(digits_dir, mixit_init, resumed, 7, teacher_reuse=3)
+    every_step = surf_run(digits_dir, mixit_init, tmp_path / "every-step", 7)
+
+    for folder in (Path("."), Path("teacher")):
+        expected, continued = weights(whole / folder), weights(resumed / folder)
+        for name in expected:
+            assert torch.equal(expected[name], continued[name]), f"{folder / name}"
+    plain = weights(every_step)
+    assert any(not torch.equal(weights(whole)[name], plain[name]) for name in plain)

@@ -39,6 +39,7 @@ class TrainConfig:
     teacher_steps_start: int = 0
     teacher_update: str = "ema"
     teacher_every: int = 1
+    teacher_reuse: int = 1
     teacher_start: str = "init"
     shuffle: str = "constrained"
     init: str | None = None
@@ -69,7 +70,7 @@ def config_fields() -> dict[str, dataclasses.Field]:
 
 
 INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps", "teacher_steps", "teacher_steps_start",
-                  "teacher_every", "sampler_steps", "seed",
+                  "teacher_every", "teacher_reuse", "sampler_steps", "seed",
                   "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads"}
 FLOAT_FIELDS = {"segment_seconds", "learning_rate", "grad_clip", "sigma", "t_zero_fraction", "ema"}
 OPTIONAL_FIELDS = {"variant", "mixture", "sample_rate", "segment_seconds", "init", "network", "channels",
@@ -146,6 +147,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.teacher_update in ("ema", "replace"),
          f"--teacher-update must be 'ema' or 'replace', got {config.teacher_update!r}"),
         (config.teacher_every >= 0, f"--teacher-every must be 0 (once per epoch) or more, got {config.teacher_every}"),
+        (config.teacher_reuse >= 1, f"--teacher-reuse must be at least 1, got {config.teacher_reuse}"),
         (config.teacher_start in ("init", "scratch"),
          f"--teacher-start must be 'init' or 'scratch', got {config.teacher_start!r}"),
         (config.shuffle in ("constrained", "free"), f"--shuffle must be 'constrained' or 'free', got {config.shuffle!r}"),

@@ -27,6 +27,7 @@ from surfsep.config import (
 from surfsep.data.audio_sets import AudioCrops, AudioMixtureSet, AudioReferenceSet, common_sample_rate, detect_modality
 from surfsep.data.images import MixtureSet, ReferenceSet
 from surfsep.methods import Method, StepContext, get_method
+from surfsep.methods.base import teacher_estimates
 from surfsep.checkpoint import load_state, save_state
 from surfsep.distributed import RowSharded, Shard, launched_world, start as start_distributed
 from surfsep.files import atomic_write_bytes, atomic_write_json
@@ -162,12 +163,13 @@ class BatchSource:
 
     Each process reads its rows of the batch, and the rows are gathered. With ``ahead`` > 0 the
     batches of the next ``ahead`` steps are read in advance on a thread; training on a GPU does that
-    for audio, so that reading files does not hold the GPU up.
+    for audio, so that reading files does not hold the GPU up. When teacher estimates are reused for
+    ``stride`` steps, only the batches of every ``stride``-th step are read.
     """
 
-    def __init__(self, data, config: TrainConfig, shard: Shard, device: torch.device, ahead: int = 0):
+    def __init__(self, data, config: TrainConfig, shard: Shard, device: torch.device, ahead: int = 0, stride: int = 1):
         self.data, self.config, self.shard, self.device = data, config, shard, device
-        self.ahead = ahead
+        self.ahead, self.stride = ahead, stride
         self.pending: dict = {}
         self.pool = None
         if self.ahead:
@@ -189,7 +191,8 @@ class BatchSource:
             mixtures, references = self.read(step)
         else:
             future = self.pending.pop(step, None) or self.pool.submit(self.read, step)
-            for later in range(step + 1, min(step + 1 + self.ahead, self.config.steps)):
+            last = min(step + self.stride * (1 + self.ahead), self.config.steps)
+            for later in range(step + self.stride, last, self.stride):
                 if later not in self.pending:
                     self.pending[later] = self.pool.submit(self.read, later)
             mixtures, references = future.result()
@@ -203,6 +206,39 @@ class BatchSource:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ReusedEstimates:
+    """One batch and its teacher estimates, kept for ``steps`` consecutive training steps.
+
+    The batch of the block's first step is separated once, at that step, and each step of the
+    block remixes the same estimates with its own shuffle. The block is part of the checkpoint, so
+    a run resumed within a block goes on exactly as it would have without the stop.
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.start: int | None = None
+        self.mixtures: torch.Tensor | None = None
+        self.estimates: torch.Tensor | None = None
+
+    def get(self, step: int, context: StepContext, batches: BatchSource) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the block's mixtures and estimates, separating them if ``step`` starts a new block."""
+        start = step - step % self.steps
+        if self.start != start:
+            mixtures, _ = batches.get(start)
+            self.start, self.mixtures, self.estimates = start, mixtures, teacher_estimates(context, mixtures)
+        return self.mixtures, self.estimates
+
+    def state(self) -> dict:
+        if self.start is None:
+            return {}
+        return {"start": self.start, "mixtures": self.mixtures, "estimates": self.estimates}
+
+    def load(self, state: dict, device: torch.device) -> None:
+        if state:
+            self.start = int(state["start"])
+            self.mixtures, self.estimates = state["mixtures"].to(device), state["estimates"].to(device)
 
 
 class ImageTensors:
@@ -542,6 +578,7 @@ def run_training(
         optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     )
 
+    reuse = ReusedEstimates(config.teacher_reuse) if teacher is not None and config.teacher_reuse > 1 else None
     step, seconds, skipped = 0, 0.0, 0
     if resuming:
         state = read_checkpoint(run)
@@ -558,6 +595,8 @@ def run_training(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, seconds, skipped = int(state["step"]), float(state["seconds"]), int(state.get("skipped", 0))
+        if reuse is not None:
+            reuse.load(state.get("reused", {}), device)
         apply_changed_learning_rate(optimizer, scheduler, config.learning_rate, step)
         truncate_metrics(run / "metrics.jsonl", step)
         logger.info("resuming at step %d from %s", step,
@@ -575,6 +614,7 @@ def run_training(
             "step": step,
             "seconds": seconds,
             "skipped": skipped,
+            "reused": reuse.state() if reuse is not None else {},
         }
         save_state(state_path, state)
         (run / LEGACY_STATE_FILE).unlink(missing_ok=True)
@@ -607,7 +647,8 @@ def run_training(
     period = teacher_period(config, data_size)
     defaults = TrainConfig()
     # The EMA rate also sets the weight average of methods without a teacher.
-    teacher_settings = ("teacher_update", "teacher_every", "teacher_start", "teacher_steps", "teacher_steps_start")
+    teacher_settings = ("teacher_update", "teacher_every", "teacher_reuse", "teacher_start", "teacher_steps",
+                        "teacher_steps_start")
     changed = [name for name in teacher_settings if getattr(config, name) != getattr(defaults, name)]
     if teacher is None and changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
@@ -618,11 +659,14 @@ def run_training(
         logger.info("teacher: %s every %d step%s (started from %s)", update, period, "" if period == 1 else "s",
                     config.init or "random weights")
         warn_slow_teacher(config, period)
+        if reuse is not None:
+            logger.info("each teacher separation serves %d steps, remixed with a new shuffle at each", reuse.steps)
     else:
         warn_slow_average(config, run)
     stop = StopRequest()
     batches = BatchSource(data, config, shard, device,
-                          ahead=4 if device.type == "cuda" and isinstance(data, AudioCrops) else 0)
+                          ahead=4 if device.type == "cuda" and isinstance(data, AudioCrops) else 0,
+                          stride=reuse.steps if reuse is not None else 1)
     metrics_file = (run / "metrics.jsonl").open("a") if shard.main else open(os.devnull, "w")
     consecutive_skips = 0
     window_loss, window_count, window_skipped, window_start = 0.0, 0, 0, time.perf_counter()
@@ -636,11 +680,14 @@ def run_training(
                 generator=seeded_generator(config.seed, 2, step), teacher_steps=teacher_steps_at(config, step),
                 shuffle=config.shuffle, audio=config.sample_rate is not None,
             )
-            mixtures, references = batches.get(step)
-
             # NOTE: the CUDA path (device moves, NCCL, bf16 on a GPU) has not run on a GPU yet; only bf16
             # on the CPU is tested. scripts/gpu_check.py is the check to run on one.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                if reuse is None:
+                    mixtures, references = batches.get(step)
+                else:
+                    # Teacher methods train on mixtures alone, so there are no references to keep.
+                    (mixtures, context.estimates), references = reuse.get(step, context, batches), None
                 loss = method.loss(context, mixtures, references)
 
             optimizer.zero_grad(set_to_none=True)

@@ -21,7 +21,8 @@ class StepContext:
     sources. References, when the method needs them, are (B, K, C, H, W) or (B, K, L).
     ``generator`` draws all of the step's noise. A ``t_zero_fraction`` of the flow examples train at
     t = 0. ``audio`` selects the regression loss: the thresholded SNR (30 dB cap) for audio, the MSE
-    for images.
+    for images. ``estimates``, when set, are the teacher's estimates of these mixtures made at an
+    earlier step, used instead of separating them again.
     """
 
     student: nn.Module
@@ -33,6 +34,7 @@ class StepContext:
     teacher_steps: int = 1
     shuffle: str = "constrained"
     audio: bool = False
+    estimates: torch.Tensor | None = None
     logs: dict = field(default_factory=dict)
 
 
@@ -60,8 +62,8 @@ def teacher_estimates(context: StepContext, mixtures: torch.Tensor) -> torch.Ten
 
 
 def remix_teacher_estimates(context: StepContext, mixtures: torch.Tensor) -> Remix:
-    """Separate with the teacher, shuffle the estimates across the batch and sum them into new mixtures."""
-    estimates = teacher_estimates(context, mixtures)
+    """Separate with the teacher (or take the reused estimates), shuffle them across the batch and sum them into new mixtures."""
+    estimates = context.estimates if context.estimates is not None else teacher_estimates(context, mixtures)
     batch = mixtures.shape[0]
     if context.shuffle == "constrained":
         source_index = constrained_shuffle(batch, context.sources, context.generator)
