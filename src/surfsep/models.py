@@ -24,6 +24,7 @@ from surfsep import flow
 from surfsep.data.audio_sets import SILENT_RMS
 from surfsep.files import atomic_path, atomic_write_json
 from surfsep.networks import build_network
+from surfsep.traced import ShapeTraced
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class Separator:
     def to(self, device: str | torch.device) -> "Separator":
         """Move the network to ``device`` (such as "cuda"); returns the separator."""
         self.network.to(device)
+        self.traced = None
         return self
 
     def mixture_scale(self) -> float:
@@ -328,8 +330,12 @@ class AudioSeparator(Separator):
     def chunk_separator(self, steps: int, seed: int, solver: str):
         """Return ``separate_chunks``: (N, L) float32 chunks at the model's rate to (N, K, L) estimates."""
         sigma = float(self.metadata["sigma"])
+        # Kept between calls, so that every file separated with this separator reuses the traces.
+        if getattr(self, "traced", None) is None:
+            self.traced = ShapeTraced(self.network)
+        network = self.traced
 
-        @torch.no_grad()
+        @torch.inference_mode()
         def separate_chunks(chunks: torch.Tensor) -> torch.Tensor:
             chunks = chunks.to(torch.float32)
             rms = chunks.pow(2).mean(dim=-1).sqrt()
@@ -339,7 +345,7 @@ class AudioSeparator(Separator):
             x0 = torch.cat([
                 flow.start_point(item.unsqueeze(0), self.sources, sigma, noise_generator(seed, item)) for item in scaled
             ])
-            estimates = flow.sample(self.network, scaled.to(self.device), self.sources, steps, sigma, solver=solver,
+            estimates = flow.sample(network, scaled.to(self.device), self.sources, steps, sigma, solver=solver,
                                     x0=x0.to(self.device)).cpu()
             estimates = estimates * scale[:, None, None]
             # A silent chunk has nothing to separate; every source gets an equal share of it.

@@ -239,7 +239,8 @@ class SlotTasNet(nn.Module):
         batch, slots, length = x.shape
         # Pad so that the frames cover every sample and the decoder returns at least ``length``.
         padded = max(length, self.stride * 2)
-        padded += (-padded) % self.stride
+        # Not +=: under tracing, padded may be the same size object as length, and length must not change.
+        padded = padded + (-padded) % self.stride
         padding = padded - length + self.stride
         x_padded = F.pad(x.reshape(batch * slots, 1, length), (0, padding))
         mixture_padded = F.pad(mixture.reshape(batch, 1, length), (0, padding))
