@@ -198,8 +198,8 @@ def test_sigterm_leaves_no_temporary_files(audio_model, tmp_path):
         time.sleep(0.05)
 
     process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    _, errors = process.communicate(timeout=60)
 
-    assert process.returncode == 130
+    assert process.returncode == 130, errors
     assert list(out.rglob("*.tmp")) == []
     assert list(out.rglob("*.wav")) == []

@@ -1,5 +1,6 @@
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import soxr
 import pytest
 import torch
 
+from surfsep import interrupt
 from surfsep.audio import AudioError, audio_info, read_audio, write_audio
 from surfsep.longform import (
     ChunkedSeparator, crossfade_window, separate_file, separate_stream, separate_waveform,
@@ -222,6 +224,29 @@ def test_file_failure_keeps_outputs(tmp_path):
         separate_file(failing, path, outputs, 8000, 0.25, 0.05, 2)
     assert [output.read_bytes() for output in outputs] == originals
     assert sorted(os.listdir(tmp_path)) == ["input.wav", "s1.wav", "s2.wav"]
+
+
+def test_lost_sigterm_still_stops_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "input.wav"
+    write_audio(path, np.random.default_rng(7).uniform(-0.5, 0.5, 40000).astype(np.float32), 8000)
+    outputs = [tmp_path / "s1.wav", tmp_path / "s2.wav"]
+    monkeypatch.setattr(interrupt, "requested", False)
+    calls = []
+
+    def separator_losing_the_raise(chunks: torch.Tensor) -> torch.Tensor:
+        calls.append(chunks.shape[0])
+        if len(calls) == 2:
+            # The handler runs where its KeyboardInterrupt is swallowed, as inside a C extension's import.
+            try:
+                interrupt.on_sigterm(signal.SIGTERM, None)
+            except KeyboardInterrupt:
+                pass
+        return nonlinear_separator(chunks)
+
+    with pytest.raises(KeyboardInterrupt):
+        separate_file(separator_losing_the_raise, path, outputs, 8000, 0.25, 0.05, 2)
+    assert len(calls) == 2
+    assert sorted(os.listdir(tmp_path)) == ["input.wav"]
 
 
 def test_file_rejects_outputs(tmp_path):

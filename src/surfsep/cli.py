@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from surfsep import __version__
+from surfsep import __version__, interrupt
 from surfsep.config import FLOAT_FIELDS, INTEGER_FIELDS, TrainConfig, config_fields, load_yaml_overrides
 from surfsep.bench import ARMS as BENCH_ARMS
 from surfsep.methods import METHODS, SURF_VARIANTS
@@ -279,10 +279,6 @@ def resolved_for_dry_run(config: TrainConfig) -> TrainConfig:
                                sampler_steps=config.sampler_steps or default_sampler_steps(method))
 
 
-def interrupt_on_sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def build_data_set(args: argparse.Namespace) -> dict:
     if args.name == "digits":
         from surfsep.data.digits import build_digits
@@ -389,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
     # SIGTERM stops a command the way Ctrl-C does, so temporary output files are removed.
-    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    signal.signal(signal.SIGTERM, interrupt.on_sigterm)
     from surfsep.data.images import DataError
     from surfsep.data.speech import SynthesisError
     from surfsep.distributed import finish, launched_world

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from surfsep import interrupt
 from surfsep.audio import AudioError, AudioWriter, audio_info, check_channel_mode, iter_audio
 from surfsep.pit import best_permutation
 
@@ -153,6 +154,7 @@ class ChunkedSeparator:
         self.ready = []
         with torch.no_grad():
             estimates = self.separate_chunks(chunks)
+        interrupt.raise_if_requested()
         expected = (chunks.shape[0], self.sources, self.chunk_frames)
         if not isinstance(estimates, torch.Tensor) or tuple(estimates.shape) != expected:
             shape = tuple(estimates.shape) if isinstance(estimates, torch.Tensor) else type(estimates).__name__

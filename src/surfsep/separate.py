@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from surfsep import interrupt
 from surfsep.audio import AUDIO_SUFFIXES, AudioError, list_audio, scan_audio
 from surfsep.data.images import DataError, list_images, read_png, write_png
 from surfsep.models import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, AudioSeparator, load
@@ -148,6 +149,7 @@ def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None
 
     result = SeparationResult(skipped=problems)
     for start in range(0, len(good), batch_size):
+        interrupt.raise_if_requested()
         chunk, images = [], []
         for path, name in good[start : start + batch_size]:
             try:
