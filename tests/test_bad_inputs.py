@@ -304,6 +304,16 @@ def test_folder_run_stops_before_writing_without_skip_bad(audio_model, tmp_path)
     assert files_under(tmp_path / "out") == []
 
 
+def test_only_input_missing_gives_no_skip_hint(audio_model, tmp_path):
+    result = run_surfsep("separate", str(audio_model), str(tmp_path / "missing.wav"), "--out", str(tmp_path / "out"),
+                         check=False)
+
+    assert result.returncode == 2
+    assert "missing.wav" in result.stderr
+    assert "fix or remove them" in result.stderr
+    assert "--skip-bad" not in result.stderr
+
+
 def test_folder_run_skips_bad_files_and_exits_3(audio_model, tmp_path):
     write_folder_with_bad_files(tmp_path / "in")
 

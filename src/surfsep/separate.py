@@ -86,9 +86,10 @@ def stop_or_skip(problems: list[tuple[Path, str]], good: int, skip_bad: bool) ->
     if not problems:
         return
     if not skip_bad:
+        advice = "fix or remove them" + (f", or pass --skip-bad to separate the other {good}" if good else "")
         raise DataError(
             f"{len(problems)} input(s) cannot be separated, so nothing was written:\n{describe_problems(problems)}\n"
-            f"fix or remove them, or pass --skip-bad to separate the other {good}"
+            f"{advice}"
         )
     for _, reason in problems:
         logger.warning("skipping: %s", reason)
