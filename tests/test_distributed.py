@@ -47,15 +47,16 @@ def mixit_start(digits_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method,variant", [
-    ("surf", "self-remixing-flow"),
-    ("surf", "remixit-flow"),
-    ("mixit", None),
-    ("supervised-flow", None),
+@pytest.mark.parametrize("method,variant,extra", [
+    ("surf", "self-remixing-flow", {}),
+    ("surf", "remixit-flow", {}),
+    ("surf", "remixit-flow", {"teacher_reuse": 2}),
+    ("mixit", None, {}),
+    ("supervised-flow", None, {}),
 ])
-def test_two_processes_match_one(method, variant, digits_dir, mixit_start, tmp_path):
+def test_two_processes_match_one(method, variant, extra, digits_dir, mixit_start, tmp_path):
     settings = {"method": method, "variant": variant, "data": str(digits_dir / "train"), "steps": STEPS,
-                "batch_size": 8, "channels": [8, 16], "warmup_steps": 0, "log_every": 1}
+                "batch_size": 8, "channels": [8, 16], "warmup_steps": 0, "log_every": 1, **extra}
     if method == "surf":
         settings["init"] = str(mixit_start)
     config = tmp_path / "config.json"
