@@ -680,12 +680,14 @@ def run_training(
                 generator=seeded_generator(config.seed, 2, step), teacher_steps=teacher_steps_at(config, step),
                 shuffle=config.shuffle, audio=config.sample_rate is not None,
             )
+            if reuse is None:
+                mixtures, references = batches.get(step)
+
             # NOTE: the CUDA path (device moves, NCCL, bf16 on a GPU) has not run on a GPU yet; only bf16
             # on the CPU is tested. scripts/gpu_check.py is the check to run on one.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                if reuse is None:
-                    mixtures, references = batches.get(step)
-                else:
+                if reuse is not None:
+                    # The teacher separates a new block under the same precision as every other network call.
                     # Teacher methods train on mixtures alone, so there are no references to keep.
                     (mixtures, context.estimates), references = reuse.get(step, context, batches), None
                 loss = method.loss(context, mixtures, references)
