@@ -51,9 +51,9 @@ TRAIN_HELP = {
     "teacher_update": "how the teacher follows the student: 'ema' (the --ema rate) or 'replace' (a copy of the student)",
     "teacher_every": "optimiser steps between teacher updates; 0 = once per epoch of the training data (with "
                      "'ema' the --ema rate then applies once per epoch, so choose a much lower rate, such as 0.5)",
-    "teacher_reuse": "optimiser steps that one teacher separation serves: the batch and its estimates are "
-                     "kept and remixed with a new shuffle each step, so the teacher runs once per N steps "
-                     "(1 = a new batch and separation every step)",
+    "teacher_reuse": "number of optimiser steps N that one teacher separation serves: the batch and its "
+                     "estimates are kept and remixed with a new shuffle at each step, so the teacher runs "
+                     "once per N steps (1 = a new batch and separation every step)",
     "teacher_start": "where teacher and student start: 'init' (the --init model) or 'scratch' (random weights)",
     "shuffle": "remix shuffle: 'constrained' (no two rows of one mixture meet again) or 'free'",
     "init": "model or run folder to start from; surf, remixit and self-remixing need one (a mixit run) "
