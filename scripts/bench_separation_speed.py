@@ -11,8 +11,10 @@ network call), then a Conv-TasNet from asteroid once. The Conv-TasNet runs in a 
 environment that the script creates on first use (``--asteroid-env``). It has pinned packages and
 this project's torch, and it separates the whole waveform in one forward pass under inference mode, as
 asteroid's ``separate`` does. Both sides use ``--threads`` PyTorch threads, and both time the
-network and the chunking only, with the model already loaded. Because the two sides alternate within
-each round, their ratio holds on a machine with other load. Without ``--model`` the surfsep side is
+network and the chunking only, with the model already loaded. The two sides alternate within each
+round, so slow changes in the machine's load reach both. Contention for the cores does not cancel:
+in a 10 s trial beside the test suite and two benchmark jobs on 2 cores, 5 steps took 4.45 times
+the Conv-TasNet's time, against 2.57 on a quiet machine. Run it with nothing else running. Without ``--model`` the surfsep side is
 an untrained slot-tasnet with the speech defaults: speed does not depend on the weights.
 
 Prints a Markdown table, with the machine and date, for docs/benchmarks.md.

@@ -11,7 +11,10 @@ Teacher methods start from random weights (``--teacher-start scratch``), which c
 step as a MixIT start. The first ``--warmup`` steps are left out. The time of the remaining steps
 comes from the run's metrics.jsonl and covers the whole step: data, teacher, loss, backward and
 optimiser. The rounds run every arm in turn, and each round's cost of an arm over the supervised
-flow is a ratio of times measured minutes apart, so the ratio holds on a machine with other load.
+flow is a ratio of times measured minutes apart, which cancels slow changes in the machine's load.
+It does not cancel contention for the cores: with two benchmark jobs beside it on 2 cores, one
+round put the 4-step reuse at 3.8 times the supervised flow's cost against 1.04 on a quiet
+machine. Run it with nothing else running.
 Without ``--digits`` or ``--speech`` the data sets are built in a temporary folder.
 
 Prints a Markdown table per modality, with the machine and date, for docs/benchmarks.md.
