@@ -4,18 +4,11 @@ import torch
 from torch import nn
 
 from surfsep.models import AudioSeparator
-from surfsep.networks import SlotTasNet
 from surfsep.traced import ShapeTraced
+from test_networks import random_tasnet as small_network
 
-
-def small_network() -> SlotTasNet:
-    torch.manual_seed(0)
-    network = SlotTasNet(filters=8, bottleneck=8, hidden=16, blocks=3, repeats=1, kernel=16, embedding_size=16)
-    with torch.no_grad():
-        for parameter in network.parameters():
-            if torch.count_nonzero(parameter) == 0:
-                parameter.normal_(0.0, 0.1)
-    return network.eval()
+METADATA = {"sources": 2, "sigma": 0.5, "sample_rate": 8000, "modality": "audio", "one_step": False,
+            "sampler": {"solver": "euler", "steps": 3}}
 
 
 def inputs(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,12 +75,10 @@ def test_plain_callable_is_called_directly():
 
 
 def test_separation_with_traces_equals_eager_separation():
-    metadata = {"sources": 2, "sigma": 0.5, "sample_rate": 8000, "modality": "audio", "one_step": False,
-                "sampler": {"solver": "euler", "steps": 3}}
     waveform = 0.1 * torch.randn(8000 * 30, generator=torch.Generator().manual_seed(3))
-    eager = AudioSeparator(small_network(), metadata)
+    eager = AudioSeparator(small_network(), METADATA)
     eager.traced = ShapeTraced(eager.network, trace_after=10**9)
-    fast = AudioSeparator(small_network(), metadata)
+    fast = AudioSeparator(small_network(), METADATA)
 
     # 30 s in 4 s chunks with a 3 s hop are 10 chunks: batches of 4, 4 and 2, each for 3 sampler steps.
     # Both batch shapes reach their third call, so each gets a trace.
@@ -103,9 +94,7 @@ def test_separation_with_traces_equals_eager_separation():
 
 
 def test_moving_the_separator_drops_its_traces():
-    metadata = {"sources": 2, "sigma": 0.5, "sample_rate": 8000, "modality": "audio", "one_step": False,
-                "sampler": {"solver": "euler", "steps": 3}}
-    separator = AudioSeparator(small_network(), metadata)
+    separator = AudioSeparator(small_network(), METADATA)
     separator.separate(0.1 * torch.randn(8000 * 20), 8000, batch_size=4)
     assert separator.traced.traces
     separator.to("cpu")

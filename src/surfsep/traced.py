@@ -49,8 +49,8 @@ class ShapeTraced:
         try:
             with warnings.catch_warnings():
                 # The tracer warns that shape arithmetic is fixed in the trace, which is why each shape has its own.
-                # NOTE: torch 2.13 deprecates jit.trace and jit.freeze; if a later torch removes them, the
-                # except below keeps separation working, eagerly.
+                # NOTE: torch 2.13 deprecates jit.trace and jit.freeze. If a later torch removes them, the
+                # except below keeps separation working without a trace.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 trace = torch.jit.freeze(torch.jit.trace(self.network.eval(), (x, mixture, t), check_trace=False))
