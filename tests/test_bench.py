@@ -337,6 +337,12 @@ def test_dry_run_prints_the_plan(digits_dir, tmp_path, small_yaml):
     assert plan["runs"]["surf"]["own_steps"] == [10, 30]
     assert plan["runs"]["surf"]["config"]["channels"] == [8, 16]
     assert plan["runs"]["surf"]["config"]["steps"] == 30
+    # Settings left to a default appear as the values training will use.
+    assert plan["runs"]["surf"]["config"]["variant"] == "remixit-flow"
+    assert plan["runs"]["surf"]["config"]["network"] == "slot-unet"
+    assert plan["runs"]["surf"]["config"]["mixture"] == "mean"
+    assert plan["runs"]["surf"]["config"]["sampler_steps"] == 25
+    assert plan["runs"]["mixit"]["config"]["sampler_steps"] == 1
     assert not (tmp_path / "b").exists()
 
 
@@ -411,3 +417,11 @@ def test_bad_variants_are_named(text, message, digits_dir, tmp_path, small_yaml)
                          check=False)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_each_run_logs_to_own_tensorboard_folder(digits_dir, tmp_path, small_yaml):
+    small_yaml.write_text(small_yaml.read_text() + f"tensorboard: {tmp_path / 'tb'}\n")
+    result = run_surfsep(*bench_args(digits_dir, tmp_path / "b", "--dry-run", samples=640))
+    plan = json.loads(result.stdout)
+    assert plan["runs"]["surf"]["config"]["tensorboard"] == str(tmp_path / "tb" / "surf-seed0")
+    assert plan["runs"]["mixit"]["config"]["tensorboard"] == str(tmp_path / "tb" / "mixit-seed0")

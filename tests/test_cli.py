@@ -1,3 +1,4 @@
+import argparse
 import csv
 import json
 import os
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_surfsep
+from surfsep.cli import build_parser
 from surfsep.data.images import read_png, write_png
 
 
@@ -23,6 +25,16 @@ def flow_run(digits_dir, tmp_path_factory):
 def test_version_and_help():
     assert run_surfsep("--version").stdout.startswith("surfsep ")
     assert "separate" in run_surfsep("--help").stdout
+
+
+def test_every_option_states_its_default():
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            takes_value = action.option_strings and action.nargs != 0 and not action.required
+            if takes_value:
+                assert "default" in (action.help or ""), f"surfsep {name} {action.option_strings[0]}: {action.help}"
 
 
 def test_separate_writes_one_png_per_source(flow_run, digits_dir, tmp_path):

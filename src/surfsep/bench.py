@@ -257,6 +257,9 @@ def run_config(settings: BenchSettings, arm: str, seed: int, steps: int) -> Trai
     method, variant = ARMS[arm_base(settings, arm)]
     config = replace(base_config(settings), method=method, variant=variant, seed=seed, steps=steps,
                      out=str(run_folder(settings, arm, seed)), **arm_overrides(settings, arm))
+    if config.tensorboard:
+        # Every run gets its own subfolder, so TensorBoard draws the methods side by side.
+        config = replace(config, tensorboard=str(Path(config.tensorboard) / f"{arm}-seed{seed}"))
     if is_teacher_arm(settings, arm):
         if settings.teacher_start == "mixit":
             config = replace(config, init=str(init_folder(settings, seed)))
@@ -310,7 +313,9 @@ def write_bench_file(settings: BenchSettings, command: str) -> None:
 
 
 def plan(settings: BenchSettings) -> dict:
-    """Describe the runs a benchmark makes, for ``--dry-run``."""
+    """Describe the runs a benchmark makes, with each run's settings resolved as training will, for ``--dry-run``."""
+    from surfsep.train import resolve_defaults
+
     batch = base_config(settings).batch_size
     return {
         "settings": settings.to_dict(),
@@ -319,7 +324,8 @@ def plan(settings: BenchSettings) -> dict:
         "mixit_start_steps": init_steps(settings) if settings.teacher_start == "mixit" else None,
         "runs": {arm: {"stages_total_steps": [total for total, _ in stages(settings, arm)],
                        "own_steps": [own for _, own in stages(settings, arm)],
-                       "config": run_config(settings, arm, settings.seeds[0], stages(settings, arm)[-1][1]).to_dict()}
+                       "config": resolve_defaults(
+                           run_config(settings, arm, settings.seeds[0], stages(settings, arm)[-1][1])).to_dict()}
                  for arm in settings.methods},
     }
 

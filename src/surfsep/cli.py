@@ -1,4 +1,4 @@
-"""The ``surfsep`` command line: data, train, separate, evaluate and demo."""
+"""The ``surfsep`` command line: data, train, separate, evaluate, bench and demo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from surfsep import __version__, interrupt
+from surfsep import __version__, interrupt, progress
 from surfsep.config import FLOAT_FIELDS, INTEGER_FIELDS, TrainConfig, config_fields, load_yaml_overrides
 from surfsep.bench import ARMS as BENCH_ARMS
 from surfsep.methods import METHODS, SURF_VARIANTS
@@ -26,8 +26,9 @@ TRAIN_HELP = {
     "method": "training method: surf, mixit, remixit, self-remixing, supervised-flow or supervised-regression",
     "variant": "SURF loss: remixit-flow (default) or self-remixing-flow",
     "data": "training data: a folder of mixture PNGs or recordings (WAV, FLAC, OGG, MP3), or a split folder "
-            "with mix/ (and s1/ ... sK/ for supervised methods)",
-    "out": "run folder for the model, checkpoints and logs; an existing run there is resumed",
+            "with mix/ (and s1/ ... sK/ for supervised methods); required, here or in --config (no default)",
+    "out": "run folder for the model, checkpoints and logs; an existing run there is resumed; required, here or "
+           "in --config (no default)",
     "sources": "number of sources K per mixture",
     "mixture": "how the mixture files relate to their sources: 'mean' or 'sum' "
                "(default: mean for images, as in the built-in image sets; sum for audio)",
@@ -57,7 +58,7 @@ TRAIN_HELP = {
     "teacher_start": "where teacher and student start: 'init' (the --init model) or 'scratch' (random weights)",
     "shuffle": "remix shuffle: 'constrained' (no two rows of one mixture meet again) or 'free'",
     "init": "model or run folder to start from; surf, remixit and self-remixing need one (a mixit run) "
-            "unless --teacher-start scratch",
+            "unless --teacher-start scratch (default: none, random weights)",
     "network": "network architecture (default: slot-unet for images, slot-tasnet for audio)",
     "channels": "network widths: for slot-unet one per resolution level (default 16 32 64); for slot-tasnet "
                 "the filterbank, bottleneck and hidden widths (default 64 64 128)",
@@ -65,9 +66,13 @@ TRAIN_HELP = {
     "seed": "seed of all training randomness",
     "checkpoint_every": "steps between checkpoints (the run resumes from the last one)",
     "log_every": "steps between status lines",
-    "valid": "split folder with references to score the model on while training (monitoring only)",
+    "valid": "split folder with references to score the model on while training, for monitoring only "
+             "(default: none, no validation)",
     "valid_every": "steps between validations (0 = never)",
     "valid_limit": "maximum number of validation mixtures",
+    "tensorboard": "folder for TensorBoard event files of the training loss, learning rate, gradient norm and "
+                   "validation scores, at every status line; needs pip install tensorboardX "
+                   "(default: none, no TensorBoard logging)",
     "threads": "PyTorch CPU threads (default: PyTorch's choice)",
     "device": "where training runs: cpu, cuda or cuda:N; under torchrun, cuda gives each process the GPU of its "
               "local rank",
@@ -110,7 +115,8 @@ def comma_list(kind):
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per TrainConfig field. Flags default to None so that only given flags override."""
-    parser.add_argument("--config", type=Path, help="YAML file of settings; flags given on the command line win")
+    parser.add_argument("--config", type=Path,
+                        help="YAML file of settings; flags given on the command line win (default: none)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
     defaults = TrainConfig()
     for name in config_fields():
@@ -239,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mixtures per optimiser step (default: 64, or the --config value)")
     bench.add_argument("--config", type=Path,
                        help="YAML file of training settings shared by every run, as for train; the benchmark sets "
-                            "method, variant, seed, steps, data, out, init, valid, teacher_start and threads itself")
+                            "method, variant, seed, steps, data, out, init, valid, teacher_start and threads itself "
+                            "(default: none)")
     bench.add_argument("--variants", type=Path,
                        help="YAML file of method variants, NAME: {from: METHOD, SETTING: VALUE}, such as a SURF with "
                             "another EMA rate; they run as extra methods under NAME (default: none)")
@@ -250,33 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="data set of the demo (default: digits)")
     demo.add_argument("--out", type=Path,
                       help="demo folder, resumed when it exists (default: runs/demo, or runs/demo-speech for speech)")
-    demo.add_argument("--scale", type=float, default=1.0, help="multiply every training budget (0.1 for a quick look)")
+    demo.add_argument("--scale", type=float, default=1.0,
+                      help="factor on every training budget, 0.1 for a quick look (default: 1.0)")
     demo.add_argument("--data-scale", type=float, default=1.0,
                       help="multiply the data set's mixture counts when it is first written (default: 1.0; for quick trials)")
-    demo.add_argument("--threads", type=int, help="PyTorch CPU threads")
+    demo.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
     return parser
 
 
 def configure_logging(quiet: bool, prefix: str = "") -> None:
-    """Send the package's log to stderr; ``prefix`` marks the lines of one benchmark worker."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send the package's log to stderr; ``prefix`` marks the lines of one benchmark worker.
+
+    Progress bars are drawn when stderr is a terminal, unless ``quiet`` or in a benchmark worker,
+    whose lines would mix with the other workers'.
+    """
+    progress.bars_enabled = not quiet and not prefix and sys.stderr.isatty()
+    handler = progress.BarAwareHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-
-
-def resolved_for_dry_run(config: TrainConfig) -> TrainConfig:
-    """Fill every setting left to a default with the value training will use, for ``--dry-run``."""
-    import dataclasses
-
-    from surfsep.methods import get_method
-    from surfsep.train import default_sampler_steps, resolve_data_settings
-
-    config = resolve_data_settings(config)
-    method = get_method(config.method, config.variant)
-    return dataclasses.replace(config, variant=getattr(method, "variant", None),
-                               sampler_steps=config.sampler_steps or default_sampler_steps(method))
 
 
 def build_data_set(args: argparse.Namespace) -> dict:
@@ -307,12 +307,12 @@ def run_command(args: argparse.Namespace) -> int:
         logger.info("wrote %s to %s: %s mixtures", args.name, args.out, counts)
     elif args.command == "train":
         from surfsep.config import validate_config
-        from surfsep.train import train
+        from surfsep.train import resolve_defaults, train
 
         config = resolve_train_config(args)
         if args.dry_run:
             validate_config(config)
-            print(json.dumps(resolved_for_dry_run(config).to_dict(), indent=1))
+            print(json.dumps(resolve_defaults(config).to_dict(), indent=1))
             return 0
         train(config)
     elif args.command == "separate":

@@ -12,7 +12,7 @@ import yaml
 # Fields that may change when a run is resumed; every other field must match the saved config. A
 # diverging run can continue with a lower learning rate or gradient clip.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads",
-                     "learning_rate", "grad_clip", "device", "precision")
+                     "learning_rate", "grad_clip", "device", "precision", "tensorboard")
 
 
 @dataclass
@@ -52,6 +52,7 @@ class TrainConfig:
     valid: str | None = None
     valid_every: int = 0
     valid_limit: int = 250
+    tensorboard: str | None = None
     threads: int | None = None
     device: str = "cpu"
     precision: str | None = None
@@ -74,7 +75,7 @@ INTEGER_FIELDS = {"sources", "sample_rate", "steps", "batch_size", "warmup_steps
                   "checkpoint_every", "log_every", "valid_every", "valid_limit", "threads"}
 FLOAT_FIELDS = {"segment_seconds", "learning_rate", "grad_clip", "sigma", "t_zero_fraction", "ema"}
 OPTIONAL_FIELDS = {"variant", "mixture", "sample_rate", "segment_seconds", "init", "network", "channels",
-                   "sampler_steps", "valid", "threads"}
+                   "sampler_steps", "valid", "threads", "tensorboard"}
 
 # Settings left unset (None) take these values for the modality of the training data.
 MODALITY_DEFAULTS = {

@@ -22,6 +22,7 @@ from surfsep.data.images import ReferenceSet
 from surfsep.metrics import score_images
 from surfsep.files import atomic_write_bytes, atomic_write_json
 from surfsep.models import AudioSeparator, Separator, load, resolve_model_folder
+from surfsep.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,15 @@ def evaluate_separator(
             f"the model separates {separator.sources} sources but {reference_set.folder} has "
             f"{reference_set.references.shape[1]} reference folders"
         )
-    estimates = separator.separate(reference_set.mixtures, steps=steps, seed=seed, batch_size=batch_size)
+    # Each mixture's noise depends only on the seed and the mixture, so separating batch by batch
+    # gives the estimates of one call.
+    batches = []
+    with Progress(len(reference_set.mixtures), "separating", unit="images") as progress:
+        for start in range(0, len(reference_set.mixtures), batch_size):
+            batch = reference_set.mixtures[start : start + batch_size]
+            batches.append(separator.separate(batch, steps=steps, seed=seed, batch_size=batch_size))
+            progress.update(len(batch))
+    estimates = torch.cat(batches)
     scores = score_images(estimates, reference_set.references.squeeze(2))
     scores["estimates"] = estimates
     return scores

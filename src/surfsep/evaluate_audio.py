@@ -25,6 +25,7 @@ from surfsep.data.audio_sets import AudioReferenceSet
 from surfsep.evaluate import summarise
 from surfsep.files import atomic_write_bytes, atomic_write_json
 from surfsep.models import AudioSeparator
+from surfsep.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,11 @@ def evaluate_audio_separator(separator: AudioSeparator, reference_set: AudioRefe
             f"{reference_set.sources} reference folders"
         )
     rows = []
-    for index in range(len(reference_set)):
-        row, _ = score_file(separator, reference_set, index, steps, seed, bss, perceptual)
-        rows.append({"file": reference_set.names[index], **row})
-        if (index + 1) % 50 == 0:
-            logger.info("scored %d of %d files", index + 1, len(reference_set))
+    with Progress(len(reference_set), "scoring", unit="files") as progress:
+        for index in range(len(reference_set)):
+            row, _ = score_file(separator, reference_set, index, steps, seed, bss, perceptual)
+            rows.append({"file": reference_set.names[index], **row})
+            progress.update()
     return rows
 
 

@@ -28,6 +28,7 @@ import torch
 from surfsep import interrupt
 from surfsep.audio import AudioError, AudioWriter, audio_info, check_channel_mode, iter_audio
 from surfsep.pit import best_permutation
+from surfsep.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def separate_waveform(separate_chunks: SeparateChunks, waveform: torch.Tensor, c
 
 def separate_file(separate_chunks: SeparateChunks, input_path: Path, outputs: list[Path], model_rate: int,
                   chunk_seconds: float, overlap_seconds: float, batch_chunks: int, channels: str = "mix",
-                  subtype: str | None = None) -> list[Path]:
+                  subtype: str | None = None, progress: Progress | None = None) -> list[Path]:
     """Separate an audio file of any length into one file per source, at the input's rate and length.
 
     The input is streamed with ``iter_audio`` and resampled to ``model_rate``; the estimates are
@@ -235,7 +236,8 @@ def separate_file(separate_chunks: SeparateChunks, input_path: Path, outputs: li
     ``channels="mix"`` separates the channel mean; ``"split"`` separates every channel on its own,
     and each output keeps the input's channel count. All K outputs are written to temporary files
     and renamed only after the whole input has been separated; existing files at the output paths
-    are replaced then. ``subtype`` is as in ``write_audio``. Returns ``outputs``.
+    are replaced then. ``subtype`` is as in ``write_audio``. ``progress`` counts the seconds of
+    input separated. Returns ``outputs``.
     """
     check_channel_mode(channels)
     info = audio_info(input_path)
@@ -272,6 +274,8 @@ def separate_file(separate_chunks: SeparateChunks, input_path: Path, outputs: li
         ]
         for block in blocks:
             write_sources(writers, [separator.push(samples) for separator, samples in zip(separators, block)])
+            if progress is not None:
+                progress.update(len(block[0]) / model_rate)
         write_sources(writers, [separator.finish() for separator in separators])
         for writer in writers:
             writer.finish()

@@ -25,6 +25,7 @@ from surfsep import interrupt
 from surfsep.audio import AUDIO_SUFFIXES, AudioError, list_audio, scan_audio
 from surfsep.data.images import DataError, list_images, read_png, write_png
 from surfsep.models import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, AudioSeparator, load
+from surfsep.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -149,32 +150,33 @@ def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None
         raise DataError(f"none of the inputs can be separated:\n{describe_problems(problems)}")
 
     result = SeparationResult(skipped=problems)
-    for start in range(0, len(good), batch_size):
-        interrupt.raise_if_requested()
-        chunk, images = [], []
-        for path, name in good[start : start + batch_size]:
-            try:
-                images.append(read_png(path))
-            except DataError as error:
-                # The file changed after its check.
-                skip_or_raise(error, path, result, skip_bad)
+    with Progress(len(good), "separating", unit="files") as progress:
+        for start in range(0, len(good), batch_size):
+            interrupt.raise_if_requested()
+            chunk, images = [], []
+            for path, name in good[start : start + batch_size]:
+                try:
+                    images.append(read_png(path))
+                except DataError as error:
+                    # The file changed after its check.
+                    skip_or_raise(error, path, result, skip_bad)
+                    continue
+                chunk.append((path, name))
+            if not chunk:
                 continue
-            chunk.append((path, name))
-        if not chunk:
-            continue
-        # Images of one size are separated together; other sizes run one by one.
-        if len({image.shape for image in images}) == 1:
-            estimates = separator.separate(torch.from_numpy(np.stack(images)), steps=steps, seed=seed)
-        else:
-            estimates = [separator.separate(torch.from_numpy(image), steps=steps, seed=seed)[0] for image in images]
-        for (path, name), estimate in zip(chunk, estimates):
-            targets = output_paths(out, name, separator.sources)
-            with contextlib.ExitStack() as stack:
-                # Each output is renamed into place when the stack closes, after all of them are written.
-                for k, target in enumerate(targets):
-                    write_png(target, estimate[k].numpy(), bit_depth=bit_depth, stack=stack)
-            result.written.extend(targets)
-        logger.info("separated %d of %d files", min(start + batch_size, len(good)), len(good))
+            # Images of one size are separated together; other sizes run one by one.
+            if len({image.shape for image in images}) == 1:
+                estimates = separator.separate(torch.from_numpy(np.stack(images)), steps=steps, seed=seed)
+            else:
+                estimates = [separator.separate(torch.from_numpy(image), steps=steps, seed=seed)[0] for image in images]
+            for (path, name), estimate in zip(chunk, estimates):
+                targets = output_paths(out, name, separator.sources)
+                with contextlib.ExitStack() as stack:
+                    # Each output is renamed into place when the stack closes, after all of them are written.
+                    for k, target in enumerate(targets):
+                        write_png(target, estimate[k].numpy(), bit_depth=bit_depth, stack=stack)
+                result.written.extend(targets)
+            progress.update(len(chunk))
     return result
 
 
@@ -204,7 +206,7 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
         renamed[name] = path
     check_outputs(items, out, separator.sources, overwrite)
 
-    rates = {}
+    rates, durations = {}, {}
     for path, _ in items:
         try:
             info, full_scale = scan_audio(path)
@@ -212,6 +214,7 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
             problems.append((path, str(error)))
             continue
         rates[path] = info.sample_rate
+        durations[path] = info.duration
         samples = info.frames * info.channels
         if full_scale > CLIPPED_SHARE * samples:
             logger.warning("%s has %d of %d samples at full scale and was probably clipped; its estimates will "
@@ -229,15 +232,17 @@ def separate_audio_files(separator: AudioSeparator, inputs: list[Path], out: Pat
     steps, solver = separator.resolve_sampler(steps, None)
     separate_chunks = separator.chunk_separator(steps, seed, solver)
     result = SeparationResult(skipped=problems)
-    for index, (path, name) in enumerate(good):
-        targets = output_paths(out, name, separator.sources)
-        try:
-            longform.separate_file(separate_chunks, path, targets, separator.sample_rate, chunk_seconds,
-                                   overlap_seconds, batch_chunks, channels=channels, subtype=subtype)
-        except AudioError as error:
-            # The file changed or failed to decode after its check, so its outputs were never renamed into place.
-            skip_or_raise(error, path, result, skip_bad)
-            continue
-        result.written.extend(targets)
-        logger.info("separated %s (%d of %d)", path, index + 1, len(good))
+    with Progress(sum(durations[path] for path, _ in good), "separating", unit="s of audio") as progress:
+        for index, (path, name) in enumerate(good):
+            targets = output_paths(out, name, separator.sources)
+            try:
+                longform.separate_file(separate_chunks, path, targets, separator.sample_rate, chunk_seconds,
+                                       overlap_seconds, batch_chunks, channels=channels, subtype=subtype,
+                                       progress=progress)
+            except AudioError as error:
+                # The file changed or failed to decode after its check, so its outputs were never renamed into place.
+                skip_or_raise(error, path, result, skip_bad)
+                continue
+            result.written.extend(targets)
+            logger.info("separated %s (%d of %d)", path, index + 1, len(good))
     return result

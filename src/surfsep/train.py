@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from surfsep.distributed import RowSharded, Shard, launched_world, start as star
 from surfsep.files import atomic_write_bytes, atomic_write_json
 from surfsep.models import load_model, save_model
 from surfsep.networks import build_network
+from surfsep.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +277,14 @@ def resolve_data_settings(config: TrainConfig) -> TrainConfig:
     return config
 
 
+def resolve_defaults(config: TrainConfig) -> TrainConfig:
+    """Return ``config`` with every setting left to a default filled with the value training will use."""
+    config = resolve_data_settings(config)
+    method = get_method(config.method, config.variant)
+    return dataclasses.replace(config, variant=getattr(method, "variant", None),
+                               sampler_steps=config.sampler_steps or default_sampler_steps(method))
+
+
 def load_training_data(config: TrainConfig, method: Method) -> ImageTensors | AudioCrops:
     """The training set as an object whose ``batch(index, generator)`` returns mixtures and references."""
     if config.sample_rate is not None:
@@ -459,6 +469,7 @@ def train(config: TrainConfig, shard: Shard | None = None) -> Path:
     device = training_device(config)
     shard = shard or start_distributed(device)
     check_batch_split(config, method, shard)
+    check_tensorboard(config)
     run = Path(config.out)
     lock = lock_run(run) if shard.main else None
     try:
@@ -668,8 +679,12 @@ def run_training(
                           ahead=4 if device.type == "cuda" and isinstance(data, AudioCrops) else 0,
                           stride=reuse.steps if reuse is not None else 1)
     metrics_file = (run / "metrics.jsonl").open("a") if shard.main else open(os.devnull, "w")
+    tensorboard = open_tensorboard(config, step) if shard.main else None
     consecutive_skips = 0
     window_loss, window_count, window_skipped, window_start = 0.0, 0, 0, time.perf_counter()
+    # On a terminal a bar shows every step; the status lines below are the log's record either way.
+    progress = Progress(config.steps - step, f"training {method.name}", unit="steps", status_seconds=None,
+                        draw=shard.main).__enter__()
     try:
         while step < config.steps:
             started = time.perf_counter()
@@ -707,7 +722,8 @@ def run_training(
                 grad_norm = step_grad_norm
                 optimizer.step()
                 scheduler.step()
-                window_loss += loss.item()
+                step_loss = loss.item()
+                window_loss += step_loss
                 window_count += 1
             else:
                 consecutive_skips += 1
@@ -716,6 +732,7 @@ def run_training(
                 logger.warning("skipping step %d: %s, so the weights were not updated (%d step%s skipped in this run)",
                                step, problem, skipped, "" if skipped == 1 else "s")
             step += 1
+            progress.update(1, detail=None if problem else f"loss {step_loss:.4g}")
             if teacher is not None and step % period == 0:
                 update_teacher(teacher, student, config)
             if average is not None:
@@ -739,6 +756,7 @@ def run_training(
                           "skipped": window_skipped}
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
+                write_scalars(tensorboard, record)
                 logger.info("step %d/%d loss %.5f, %.2f steps/s", step, config.steps, record["loss"], rate)
                 window_loss, window_count, window_skipped, window_start = 0.0, 0, 0, time.perf_counter()
 
@@ -746,6 +764,7 @@ def run_training(
                 record = validator(step, student, teacher)
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
+                write_scalars(tensorboard, record)
 
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint()
@@ -756,6 +775,9 @@ def run_training(
                 shard.barrier()
                 raise KeyboardInterrupt
     finally:
+        progress.close(finished=False)
+        if tensorboard is not None:
+            tensorboard.close()
         stop.restore()
         batches.close()
         metrics_file.close()
@@ -765,6 +787,39 @@ def run_training(
     note = f" ({skipped} skipped for a non-finite loss or gradient)" if skipped else ""
     logger.info("finished %s: %d steps%s in %.1f s; model in %s", method.name, step, note, seconds, run)
     return run
+
+
+def check_tensorboard(config: TrainConfig) -> None:
+    """Raise TrainingError when ``config`` requests TensorBoard logging and tensorboardX is missing."""
+    if config.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise TrainingError(f"--tensorboard {config.tensorboard} needs the tensorboardX package: "
+                            f"pip install tensorboardX, or pip install 'surfsep[tensorboard]'")
+
+
+def open_tensorboard(config: TrainConfig, step: int):
+    """Return a TensorBoard event writer into ``config.tensorboard``, or None when it is not set.
+
+    A resumed run starts the writer at its checkpoint's ``step``, so TensorBoard drops the events
+    that the stopped run wrote after it, as metrics.jsonl does.
+    """
+    if not config.tensorboard:
+        return None
+    check_tensorboard(config)
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(config.tensorboard, purge_step=step or None)
+
+
+def write_scalars(writer, record: dict) -> None:
+    """Write every number of a metrics.jsonl record to TensorBoard: train/NAME, or valid/NAME for scores."""
+    if writer is None:
+        return
+    for key, value in record.items():
+        if key in ("step", "valid_mixtures") or not isinstance(value, (int, float)):
+            continue
+        tag = "valid/" + key.removeprefix("valid_") if key.startswith("valid_") else "train/" + key
+        writer.add_scalar(tag, value, record["step"])
+    writer.flush()
 
 
 def make_validator(config: TrainConfig, method: Method):

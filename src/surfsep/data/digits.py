@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from surfsep.data.images import DataError, write_png
+from surfsep.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +92,15 @@ def write_image_pairs(out: Path, images: np.ndarray, labels: np.ndarray, pools: 
     for split, pool, mixture_count in pools:
         count = max(2, int(round(mixture_count * scale)))
         pairs = draw_pairs(pool, count, rng)
-        for index, (first, second) in enumerate(pairs):
-            name = f"{index:05d}.png"
-            source_1 = images[first].astype(np.float64) / 255.0
-            source_2 = images[second].astype(np.float64) / 255.0
-            write_png(partial / split / "s1" / name, source_1, bit_depth=8)
-            write_png(partial / split / "s2" / name, source_2, bit_depth=8)
-            write_png(partial / split / "mix" / name, (source_1 + source_2) / 2.0, bit_depth=16)
+        with Progress(count, f"{description['name']}: {split}", unit="mixtures") as progress:
+            for index, (first, second) in enumerate(pairs):
+                name = f"{index:05d}.png"
+                source_1 = images[first].astype(np.float64) / 255.0
+                source_2 = images[second].astype(np.float64) / 255.0
+                write_png(partial / split / "s1" / name, source_1, bit_depth=8)
+                write_png(partial / split / "s2" / name, source_2, bit_depth=8)
+                write_png(partial / split / "mix" / name, (source_1 + source_2) / 2.0, bit_depth=16)
+                progress.update()
         description["splits"][split] = {
             "mixtures": int(count),
             "image_pool": int(len(pool)),

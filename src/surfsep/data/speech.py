@@ -60,6 +60,7 @@ import soundfile
 import soxr
 
 from surfsep.data.images import DataError
+from surfsep.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -584,11 +585,12 @@ def build_speech(out: Path, sample_rate: int = 8000, scale: float = 1.0, seed: i
             plans = plan_split(split_voices, count, words, rng)
 
             items = []
-            for start in range(0, count, CHUNK_MIXTURES):
-                chunk = plans[start : start + CHUNK_MIXTURES]
-                for plan, pair in zip(chunk, synthesize_chunk(chunk, worker, sample_rate)):
-                    items.append(write_mixture(partial / split, plan, pair, sample_rate))
-                logger.info("speech: wrote %d of %d %s mixtures", start + len(chunk), count, split)
+            with Progress(count, f"speech: {split}", unit="mixtures") as progress:
+                for start in range(0, count, CHUNK_MIXTURES):
+                    chunk = plans[start : start + CHUNK_MIXTURES]
+                    for plan, pair in zip(chunk, synthesize_chunk(chunk, worker, sample_rate)):
+                        items.append(write_mixture(partial / split, plan, pair, sample_rate))
+                    progress.update(len(chunk))
 
             description["splits"][split] = {
                 "mixtures": count,
