@@ -1,4 +1,4 @@
-"""The ``surfsep`` command line: data, train, separate, evaluate, bench and demo."""
+"""The ``surfsep`` command line: data, train, separate, evaluate, bench, demo and report."""
 
 from __future__ import annotations
 
@@ -262,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-scale", type=float, default=1.0,
                       help="multiply the data set's mixture counts when it is first written (default: 1.0; for quick trials)")
     demo.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
+
+    report = add_command("report", help="write one self-contained HTML page of a run, benchmark or demo: scores, "
+                                        "curves, separated examples to view or play, configuration")
+    report.add_argument("folder", type=Path, help="run folder (surfsep train), benchmark folder (surfsep bench) or "
+                                                  "demo folder (surfsep demo)")
+    report.add_argument("--out", type=Path, help="HTML file to write (default: FOLDER/report.html); an existing "
+                                                 "file is replaced only if it is a surfsep report")
+    report.add_argument("--examples", type=int,
+                        help="number of test mixtures to show separated (default: 8 images or 4 recordings)")
+    report.add_argument("--data", type=Path, help="runs only: split folder with mix/ and s1/ ... sK/ to take the "
+                                                  "examples from (default: the run's validation split)")
+    report.add_argument("--steps", type=int, help="runs only: sampler steps of the flows (default: the model's)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default: 0)")
     return parser
 
 
@@ -377,6 +390,11 @@ def run_command(args: argparse.Namespace) -> int:
         print(results["table"])
         print("(SURF's training seconds include the MixIT run it starts from.)")
         print(f"results: {out / 'results.json'}, pictures: {results['grid']}")
+    elif args.command == "report":
+        from surfsep.report import write_report
+
+        print(write_report(args.folder, out=args.out, data=args.data, examples=args.examples, steps=args.steps,
+                           seed=args.seed))
     return 0
 
 
