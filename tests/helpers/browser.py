@@ -84,7 +84,8 @@ class Chromium:
         self.replies, replies_write = os.pipe()
 
         def place_pipes() -> None:
-            # Move both ends above 4 first, so that placing one cannot overwrite the other.
+            # Move both ends above 4 first, so that placing one cannot overwrite the other. The copies
+            # at 3 and 4 are inheritable and survive exec; every other descriptor Python opened is not.
             high_read = fcntl.fcntl(commands_read, fcntl.F_DUPFD, 10)
             high_write = fcntl.fcntl(replies_write, fcntl.F_DUPFD, 10)
             os.dup2(high_read, 3)
@@ -95,7 +96,7 @@ class Chromium:
              "--autoplay-policy=no-user-gesture-required", "--remote-debugging-pipe",
              f"--user-data-dir={self.profile.name}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4), preexec_fn=place_pipes)
+            close_fds=False, preexec_fn=place_pipes)
         os.close(commands_read)
         os.close(replies_write)
         self.buffer = b""
