@@ -131,7 +131,7 @@ def test_resample_96k_to_8k(tmp_path, caplog):
     # 5 kHz lies above the 4 kHz Nyquist frequency, so the anti-aliasing filter removes it.
     assert np.sqrt(np.mean(middle[1] ** 2)) < 1e-4
     resampled = [record.getMessage() for record in caplog.records if "resampled" in record.getMessage()]
-    assert resampled == [f"resampled {path} from 96000 Hz to 8000 Hz"]
+    assert resampled == [f"resampled {path} from 96000 Hz to 8000 Hz, and so every other 96000 Hz file (logged once)"]
 
 
 def test_resampled_length_rounds_half_up():

@@ -133,6 +133,11 @@ def test_separate_command_keeps_existing_outputs(audio_model, tones_dir, tmp_pat
     assert "--overwrite" in again.stderr
     assert (tmp_path / "out" / "s1" / "0001.wav").read_bytes() == before
 
+    # Every existing output is counted in the one message.
+    again = run_surfsep("separate", str(audio_model), str(tones_dir / "test" / "mix"), "--out", str(tmp_path / "out"),
+                        check=False)
+    assert f"{tmp_path / 'out' / 's1' / '0001.wav'} and 1 more of the outputs already exist" in again.stderr
+
 
 def test_separate_command_checks_inputs_first(audio_model, tones_dir, tmp_path):
     bad = tmp_path / "bad.wav"
@@ -174,10 +179,14 @@ def test_frames_by_channels_is_rejected(separator):
         separator.separate(torch.zeros(5000, 2), 8000)
 
 
-def test_higher_rate_input_is_warned(separator, caplog):
+def test_higher_rate_input_is_warned_once(separator, caplog):
     caplog.set_level("WARNING", logger="surfsep")
+    separator.warned_rates.clear()
     separator.separate(torch.zeros(4410), 44100)
-    assert "only the band below 4000 Hz" in caplog.text
+    separator.separate(torch.zeros(4410), 44100)
+    assert caplog.text.count("only the band below 4000 Hz") == 1
+    separator.separate(torch.zeros(1600), 16000)
+    assert caplog.text.count("only the band below 4000 Hz") == 2
 
 
 def test_sigterm_leaves_no_temporary_files(audio_model, tmp_path):

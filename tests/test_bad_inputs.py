@@ -377,3 +377,15 @@ def test_image_damaged_after_its_check_is_skipped(image_model, tmp_path, monkeyp
     assert [path for path, _ in result.skipped] == [second]
     assert [path.relative_to(tmp_path / "out").as_posix() for path in files_under(tmp_path / "out")] == [
         "s1/first.png", "s2/first.png"]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("file", "is a file; pass the folder of mixtures that contains it, or a split folder with mix/"),
+    ("missing", "not found; pass a folder of mixtures or a split folder such as DATA/train"),
+])
+def test_training_data_path_is_explained(name, message, digits_dir, tmp_path):
+    data = digits_dir / "train" / "mix" / "00000.png" if name == "file" else tmp_path / "absent"
+    result = run_surfsep("train", "--method", "mixit", "--data", str(data), "--out", str(tmp_path / "run"),
+                         "--steps", "1", check=False)
+    assert result.returncode == 2
+    assert f"{data} {message}" in result.stderr

@@ -166,7 +166,9 @@ def test_report_replaces_only_its_own_file(image_demo, tmp_path):
 
 
 @pytest.mark.parametrize("make, extra, message", [
-    (lambda tmp: tmp / "missing", [], "is not a folder"),
+    (lambda tmp: tmp / "missing", [], "missing not found; give a run, benchmark or demo folder"),
+    (lambda tmp: (tmp / "notes.txt").write_text("x") and tmp / "notes.txt", [], "notes.txt is a file; give a run, "
+                                                                             "benchmark or demo folder"),
     (lambda tmp: tmp, [], "is not a run, benchmark or demo folder"),
     ("demo", ["--examples", "0"], "--examples must be at least 1, got 0"),
     ("demo", ["--data", "x"], "--data and --steps apply to a training run"),

@@ -41,8 +41,9 @@ SCAN_BLOCK_FRAMES = 1 << 18
 # libsndfile raises its errors as RuntimeError subclasses; the rest cover I/O and bad arguments.
 SOUNDFILE_ERRORS = (RuntimeError, OSError, ValueError, TypeError)
 
-# (resolved path, file rate, target rate) already reported, so each file's resampling is logged once.
-resample_logged: set[tuple[str, int, int]] = set()
+# (file rate, target rate) pairs already reported: the first file of each pair is logged, so a
+# folder of many files at another rate gives one line, not one per file.
+resample_logged: set[tuple[int, int]] = set()
 
 
 class AudioError(DataError):
@@ -155,10 +156,11 @@ def read_finite_blocks(info: AudioInfo, frames: int) -> Iterator[np.ndarray]:
 
 
 def log_resampling(path: Path, old_rate: int, new_rate: int) -> None:
-    key = (str(Path(path).resolve()), old_rate, new_rate)
+    key = (old_rate, new_rate)
     if key not in resample_logged:
         resample_logged.add(key)
-        logger.info("resampled %s from %d Hz to %d Hz", path, old_rate, new_rate)
+        logger.info("resampled %s from %d Hz to %d Hz, and so every other %d Hz file (logged once)", path, old_rate,
+                    new_rate, old_rate)
 
 
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:

@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "file is replaced only if it is a surfsep report")
     report.add_argument("--examples", type=int,
                         help="number of test mixtures to show separated (default: 8 images or 4 recordings)")
-    report.add_argument("--data", type=Path, help="runs only: split folder with mix/ and s1/ ... sK/ to take the "
-                                                  "examples from (default: the run's validation split)")
+    report.add_argument("--data", type=Path, help="runs only: where to take the examples from, a split folder with "
+                                                  "mix/ and s1/ ... sK/ (scored) or a folder of mixtures (not scored) "
+                                                  "(default: the run's validation split)")
     report.add_argument("--steps", type=int, help="runs only: sampler steps of the flows (default: the model's)")
     report.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default: 0)")
     return parser

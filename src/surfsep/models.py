@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -200,6 +200,8 @@ class Separator:
 
     network: nn.Module
     metadata: dict
+    # Input sample rates above the model's already warned about, so each is reported once.
+    warned_rates: set[int] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def sources(self) -> int:
@@ -416,7 +418,8 @@ class AudioSeparator(Separator):
             raise ValueError(f"need chunk_seconds > overlap_seconds >= 0, got {chunk_seconds} and {overlap_seconds}")
         separate_chunks = self.chunk_separator(steps, seed, solver)
 
-        if sample_rate > self.sample_rate:
+        if sample_rate > self.sample_rate and sample_rate not in self.warned_rates:
+            self.warned_rates.add(sample_rate)
             logger.warning("the input runs at %d Hz but the model at %d Hz: the estimates hold only the band below "
                            "%d Hz and add up to the mixture within that band", sample_rate, self.sample_rate,
                            self.sample_rate // 2)

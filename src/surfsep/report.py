@@ -551,8 +551,10 @@ def write_report(source: Path, out: Path | None = None, data: Path | None = None
     sampler steps.
     """
     source = Path(source)
+    if not source.exists():
+        raise ReportError(f"{source} not found; give a run, benchmark or demo folder")
     if not source.is_dir():
-        raise ReportError(f"{source} is not a folder; give a run, benchmark or demo folder")
+        raise ReportError(f"{source} is a file; give a run, benchmark or demo folder")
     if examples is not None and examples < 1:
         raise ReportError(f"--examples must be at least 1, got {examples}")
     if steps is not None and steps < 1:

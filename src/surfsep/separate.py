@@ -111,12 +111,17 @@ def output_paths(out: Path, name: str, sources: int) -> list[Path]:
 def check_outputs(items: list[tuple[Path, str]], out: Path, sources: int, overwrite: bool) -> None:
     """Raise FileExistsError if an output would replace an input, or an existing file without ``overwrite``."""
     input_paths = {path.resolve() for path, _ in items}
+    existing = []
     for _, name in items:
         for target in output_paths(out, name, sources):
             if target.resolve() in input_paths:
                 raise FileExistsError(f"output {target} would overwrite the input of that name; choose another --out")
             if target.exists() and not overwrite:
-                raise FileExistsError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
+                existing.append(target)
+    if existing:
+        more = f" and {len(existing) - 1} more of the outputs" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{more} already exist{'' if more else 's'}; pass --overwrite to replace "
+                              f"{'them' if more else 'it'} or choose another --out")
 
 
 def separate_files(model: Path, inputs: list[Path], out: Path, steps: int | None = None, seed: int = 0,

@@ -102,8 +102,10 @@ def list_images(folder: Path) -> list[Path]:
 def find_mixture_folder(root: Path) -> Path:
     """Return ``root/mix`` (or ``root/mix_clean``) when present, else ``root`` itself."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root} is a file; pass the folder of mixtures that contains it, or a split folder with mix/")
     if not root.is_dir():
-        raise DataError(f"data folder {root} not found; pass a split folder such as DATA/train")
+        raise DataError(f"data folder {root} not found; pass a folder of mixtures or a split folder such as DATA/train")
     for name in MIXTURE_FOLDERS:
         if (root / name).is_dir():
             return root / name
