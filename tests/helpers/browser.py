@@ -92,8 +92,9 @@ class Chromium:
             os.dup2(high_write, 4)
 
         self.process = subprocess.Popen(
-            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
-             "--autoplay-policy=no-user-gesture-required", "--remote-debugging-pipe",
+            # Containers often run as root with a small /dev/shm: no sandbox, and shared memory in /tmp.
+            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--mute-audio", "--autoplay-policy=no-user-gesture-required", "--remote-debugging-pipe",
              f"--user-data-dir={self.profile.name}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             close_fds=False, preexec_fn=place_pipes)
