@@ -354,3 +354,18 @@ def test_separation_independent_of_batch(mixit_run):
 def test_separate_api_rejects_bad_input(value, message, mixit_run):
     with pytest.raises(ValueError, match=message):
         surfsep.load(mixit_run).separate(value)
+
+
+def test_failed_run_writes_error_to_log(tones_dir, tmp_path):
+    data = tmp_path / "recordings"
+    shutil.copytree(tones_dir / "train" / "mix", data)
+    (data / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    out = tmp_path / "run"
+    # With the rate given, the folder is indexed after the run folder is set up.
+    failed = run_surfsep("train", "--method", "mixit", "--data", str(data), "--out", str(out), "--steps", "2",
+                         "--batch-size", "4", "--sample-rate", "8000", check=False)
+    assert failed.returncode == 2
+    assert failed.stderr.count(" error: ") == 1  # stderr gets the error once, from the command line
+    log = (out / "log.txt").read_text()
+    assert "training stopped: " in log
+    assert "broken.wav" in log

@@ -524,6 +524,11 @@ def start_training(config: TrainConfig, method: Method, run: Path, shard: Shard,
     log_handler, previous_level = attach_log_file(run)
     try:
         return run_training(config, method, run, state_path, resuming, shard, device)
+    except Exception as error:
+        # The command line reports the error on stderr; log.txt gets it too, for runs watched by their log.
+        log_handler.handle(logging.LogRecord("surfsep.train", logging.ERROR, __file__, 0, "training stopped: %s",
+                                             (error,), None))
+        raise
     finally:
         package_logger = logging.getLogger("surfsep")
         package_logger.removeHandler(log_handler)
