@@ -127,4 +127,10 @@ def test_command_draws_bar_on_a_terminal(tmp_path):
     result = subprocess.run([sys.executable, "-m", "surfsep", "data", "digits", "--out", str(tmp_path / "file"),
                              "--scale", "0.05"], capture_output=True, text=True, check=True)
     assert "\r" not in result.stderr
-    assert "digits: train: " in result.stderr  # each split's closing status line
+    assert (tmp_path / "file" / "dataset.json").is_file()
+
+
+def test_short_loop_logs_no_closing_line(captured_log):
+    with Progress(3, "separating", unit="images", stream=io.StringIO()) as bar:
+        bar.update(3)
+    assert captured_log.getvalue() == ""

@@ -12,6 +12,8 @@ import sys
 import time
 
 STATUS_SECONDS = 30.0
+# A loop shorter than this logs no closing line: it would only add noise.
+CLOSING_LINE_SECONDS = 2.0
 BAR_WIDTH = 28
 REDRAW_SECONDS = 0.1
 
@@ -103,13 +105,13 @@ class Progress:
         self.stream.flush()
 
     def close(self, finished: bool = True) -> None:
-        """End the loop: a drawn bar is erased, and a finished loop logs its last status line."""
+        """End the loop: a drawn bar is erased, and a finished loop of some length logs a closing status line."""
         global _active
         if self.bar and _active is self:
             self.clear()
             _active = None
-        if finished and self.status_seconds is not None and self.total and self.done:
-            elapsed = time.monotonic() - self.start
+        elapsed = time.monotonic() - self.start
+        if finished and self.status_seconds is not None and self.total and self.done and elapsed >= CLOSING_LINE_SECONDS:
             logger.info("%s: %s %s in %s", self.label, f"{self.done:,.0f}", self.unit, format_duration(elapsed))
 
 

@@ -10,7 +10,6 @@ references are the original 8-bit images.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -20,7 +19,6 @@ import numpy as np
 from surfsep.data.images import DataError, write_png
 from surfsep.progress import Progress
 
-logger = logging.getLogger(__name__)
 
 # (split, images in its pool, mixtures drawn from it)
 DIGITS_SPLITS = (("train", 3500, 8000), ("valid", 500, 250), ("test", 1000, 500))
@@ -108,7 +106,6 @@ def write_image_pairs(out: Path, images: np.ndarray, labels: np.ndarray, pools: 
             "pairs": pairs.tolist(),
             "labels": labels[pairs].tolist(),
         }
-        logger.info("%s: wrote %d %s mixtures", description["name"], count, split)
 
     (partial / "dataset.json").write_text(json.dumps(description, indent=1) + "\n")
     if out.exists():
