@@ -113,7 +113,7 @@ def test_run_report_takes_examples_from_data(digits_dir, tmp_path):
                         "--out", str(tmp_path / "other.html"))
     assert other.stdout.strip() == str(tmp_path / "other.html")
     page = (tmp_path / "other.html").read_text()
-    assert f"mixtures of {digits_dir / 'test'}" in page
+    assert f"The first mixtures (up to 2) of {digits_dir / 'test'}" in page
     assert page.count('class="tile"') == 2 * (1 + 2 + 2)
 
 
@@ -237,3 +237,17 @@ def test_browser_check_finds_broken_media(tmp_path):
     assert [image["loaded"] for image in found.images] == [False]
     assert [clip["loaded"] for clip in found.clips] == [False]
     assert any("planted error" in error for error in found.errors)
+
+
+def test_chosen_mixtures_are_shown_in_order(image_demo, tmp_path):
+    page = write_report(image_demo, out=tmp_path / "r.html", mixtures=["00003.png", "00001.png"]).read_text()
+    assert re.findall(r'<th class="name">([^<]+)</th>', page) == ["00003.png", "00001.png"]
+    assert "The mixtures 00003.png, 00001.png of" in page
+
+    result = run_surfsep("report", str(image_demo), "--out", str(tmp_path / "s.html"), "--mixtures", "00001.png,nope.png",
+                         check=False)
+    assert result.returncode == 2
+    assert "has no mixture named nope.png; names are paths under the mixture folder, such as 00000.png" in result.stderr
+    assert not (tmp_path / "s.html").exists()
+    with pytest.raises(ReportError, match="give --examples or --mixtures, not both"):
+        write_report(image_demo, out=tmp_path / "t.html", examples=2, mixtures=["00001.png"])

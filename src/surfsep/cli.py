@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "file is replaced only if it is a surfsep report")
     report.add_argument("--examples", type=int,
                         help="number of test mixtures to show separated (default: 8 images or 4 recordings)")
+    report.add_argument("--mixtures", type=comma_list(str),
+                        help="comma-separated names of the mixtures to show, paths under the mixture folder such as "
+                             "00003.wav,00017.wav (default: the first --examples)")
     report.add_argument("--data", type=Path, help="runs only: where to take the examples from, a split folder with "
                                                   "mix/ and s1/ ... sK/ (scored) or a folder of mixtures (not scored) "
                                                   "(default: the run's validation split)")
@@ -395,7 +398,7 @@ def run_command(args: argparse.Namespace) -> int:
         from surfsep.report import write_report
 
         print(write_report(args.folder, out=args.out, data=args.data, examples=args.examples, steps=args.steps,
-                           seed=args.seed))
+                           seed=args.seed, mixtures=args.mixtures))
     return 0
 
 

@@ -159,7 +159,20 @@ def has_references(split: Path) -> bool:
     return (split / "mix").is_dir() and (split / "s1").is_dir()
 
 
-def image_examples(models: list[Model], split: Path, count: int, seed: int) -> tuple[str, dict[str, float]]:
+def chosen(names: list[str], wanted: list[str] | None, count: int, split: Path) -> list[int]:
+    """Return the indices of the ``wanted`` mixture names, or of the first ``count`` mixtures without any."""
+    if not wanted:
+        return list(range(min(count, len(names))))
+    position = {name: index for index, name in enumerate(names)}
+    missing = [name for name in wanted if name not in position]
+    if missing:
+        raise ReportError(f"{split} has no mixture named {', '.join(missing)}; names are paths under the mixture "
+                          f"folder, such as {names[0]}")
+    return [position[name] for name in wanted]
+
+
+def image_examples(models: list[Model], split: Path, count: int, seed: int,
+                   wanted: list[str] | None = None) -> tuple[str, dict[str, float]]:
     """Return the HTML grid of mixtures, references and each model's estimates, and each model's mean PSNR.
 
     Without references (a folder of mixtures alone) the grid shows the estimates in the model's
@@ -172,7 +185,10 @@ def image_examples(models: list[Model], split: Path, count: int, seed: int) -> t
     sources = separators[0][1].sources
     scored = {}
     if has_references(split):
-        references = ReferenceSet.open(split, sources).first(count)
+        full = ReferenceSet.open(split, sources)
+        indices = chosen(full.names, wanted, count, split)
+        references = ReferenceSet(folder=full.folder, names=[full.names[i] for i in indices],
+                                  mixtures=full.mixtures[indices], references=full.references[indices])
         names, mixtures = references.names, references.mixtures
         for model, separator in separators:
             logger.info("report: separating %d mixtures of %s with %s", len(names), split, model.name)
@@ -180,7 +196,8 @@ def image_examples(models: list[Model], split: Path, count: int, seed: int) -> t
     else:
         references = None
         mixture_set = MixtureSet.open(split)
-        names, mixtures = mixture_set.names[:count], mixture_set.mixtures[:count]
+        indices = chosen(mixture_set.names, wanted, count, split)
+        names, mixtures = [mixture_set.names[i] for i in indices], mixture_set.mixtures[indices]
         for model, separator in separators:
             logger.info("report: separating %d mixtures of %s with %s", len(names), split, model.name)
             scored[model.name] = {"aligned": separator.separate(mixtures, steps=model.steps, seed=seed)}
@@ -209,28 +226,32 @@ def tiles(images: list[torch.Tensor]) -> str:
     return "".join(f'<img class="tile" alt="" src="{image_tile(image)}">' for image in images)
 
 
-def read_clips(split: Path, sources: int, count: int) -> list[tuple[str, np.ndarray, np.ndarray | None, int]]:
-    """Return (name, mixture, references or None, rate) of the first ``count`` mixtures, each cut to CLIP_SECONDS."""
+def read_clips(split: Path, sources: int, count: int,
+               wanted: list[str] | None) -> list[tuple[str, np.ndarray, np.ndarray | None, int]]:
+    """Return (name, mixture, references or None, rate) of the chosen mixtures, each cut to CLIP_SECONDS."""
     from surfsep.audio import read_audio
     from surfsep.data.audio_sets import AudioMixtureSet, AudioReferenceSet
 
     clips = []
     if has_references(split):
-        references = AudioReferenceSet.open(split, sources).first(count)
-        for index, name in enumerate(references.names):
+        references = AudioReferenceSet.open(split, sources)
+        for index in chosen(references.names, wanted, count, split):
+            name = references.names[index]
             mixture, reference = references.read(index)
             rate = references.mixtures[index].sample_rate
             frames = int(CLIP_SECONDS * rate)
             clips.append((name, mixture[:frames], reference[:, :frames], rate))
     else:
         mixture_set = AudioMixtureSet.open(split)
-        for entry, name in list(zip(mixture_set.entries, mixture_set.names))[:count]:
+        for index in chosen(mixture_set.names, wanted, count, split):
+            entry, name = mixture_set.entries[index], mixture_set.names[index]
             mixture, rate = read_audio(entry.path, frames=min(entry.frames, int(CLIP_SECONDS * entry.sample_rate)))
             clips.append((name, mixture[0], None, rate))
     return clips
 
 
-def audio_examples(models: list[Model], split: Path, count: int, seed: int) -> tuple[str, dict[str, float]]:
+def audio_examples(models: list[Model], split: Path, count: int, seed: int,
+                   wanted: list[str] | None = None) -> tuple[str, dict[str, float]]:
     """Return the HTML players and spectrograms of the first mixtures, and each model's mean SI-SDRi on them.
 
     Without references the estimates are in the model's output order, and there are no scores.
@@ -239,7 +260,7 @@ def audio_examples(models: list[Model], split: Path, count: int, seed: int) -> t
 
     separators = open_models(models)
     sources = separators[0][1].sources
-    clips = read_clips(split, sources, count)
+    clips = read_clips(split, sources, count, wanted)
     logger.info("report: separating %d mixtures of %s with %s", len(clips), split,
                 ", ".join(model.name for model, _ in separators))
     blocks, improvements = [], {model.name: [] for model, _ in separators}
@@ -289,7 +310,8 @@ def audio_block(name: str, rate: int, rows: list, sources: int) -> str:
     return "".join(lines)
 
 
-def add_examples(report: Report, models: list[Model], split: Path, count: int | None, seed: int) -> dict[str, float]:
+def add_examples(report: Report, models: list[Model], split: Path, count: int | None, seed: int,
+                 wanted: list[str] | None = None) -> dict[str, float]:
     """Separate the first mixtures of ``split`` with every model into the report; returns each model's mean score.
 
     ``split`` is a split folder with references, or a folder of mixtures alone (then no scores).
@@ -303,24 +325,26 @@ def add_examples(report: Report, models: list[Model], split: Path, count: int | 
     count = count or DEFAULT_EXAMPLES[modality]
     scored = has_references(split)
     if modality == "audio":
-        report.examples_html, means = audio_examples(models, split, count, seed)
+        report.examples_html, means = audio_examples(models, split, count, seed, wanted)
         unit = ("SI-SDRi (dB), mean over the sources; below each estimate its own SI-SDRi. Spectrograms: 0 Hz at "
                 f"the bottom to half the sample rate, {SPECTROGRAM_RANGE_DB:.0f} dB of range, every clip of a "
                 f"mixture at one gain; clips stop after {CLIP_SECONDS:.0f} s")
     else:
-        report.examples_html, means = image_examples(models, split, count, seed)
+        report.examples_html, means = image_examples(models, split, count, seed, wanted)
         unit = "PSNR (dB), mean over the sources"
     steps = ", ".join(f"{model.name} {model.steps or 'its default'}" for model in models)
     order = f"estimates in reference order; score {unit}" if scored else (
         "no references, so no scores, and the estimates are in each model's output order")
-    report.examples_note = (f"The first mixtures of {split} (up to {count}), {order}. Sampler steps: {steps}; "
+    which = f"The mixtures {', '.join(wanted)}" if wanted else f"The first mixtures (up to {count})"
+    report.examples_note = (f"{which} of {split}, {order}. Sampler steps: {steps}; "
                             f"sampler noise seed {seed}.")
     return means
 
 
 # The three kinds of folder.
 
-def run_report(folder: Path, data: Path | None, count: int | None, steps: int | None, seed: int) -> Report:
+def run_report(folder: Path, data: Path | None, count: int | None, steps: int | None, seed: int,
+               wanted: list[str] | None) -> Report:
     config = read_json(folder / "config.json")
     metadata = read_json(folder / "model.json")
     report = Report(title=f"Training run {folder.name}: {metadata.get('method', '?')}", source=folder)
@@ -347,7 +371,7 @@ def run_report(folder: Path, data: Path | None, count: int | None, steps: int | 
         report.notes.append("No examples: the run has no validation split; pass --data with a split folder (mix/ and "
                             "s1/ ... sK/) or a folder of mixtures.")
     else:
-        means = add_examples(report, models, Path(split), count, seed)
+        means = add_examples(report, models, Path(split), count, seed, wanted)
         metric = "PSNR" if metadata.get("modality", "image") == "image" else "SI-SDRi"
         for name, mean in means.items():
             rows.append([f"{name}, {metric} on the examples", f"{mean:.2f}", f"mean over the mixtures shown below"])
@@ -362,7 +386,7 @@ def run_report(folder: Path, data: Path | None, count: int | None, steps: int | 
     return report
 
 
-def demo_report(folder: Path, count: int | None, seed: int) -> Report:
+def demo_report(folder: Path, count: int | None, seed: int, wanted: list[str] | None) -> Report:
     results = read_json(folder / "results.json")
     methods = results.get("methods", {})
     audio = any("si_sdri" in row for row in methods.values())
@@ -388,7 +412,7 @@ def demo_report(folder: Path, count: int | None, seed: int) -> Report:
         report.figures.append(("Training loss by step", figure))
     models = [Model(name, path, methods.get(name, {}).get("sampler_steps")) for name, path in runs.items()
               if (path / "model.json").is_file()]
-    add_examples(report, models, Path(results.get("data", folder / "data" / "test")), count, seed)
+    add_examples(report, models, Path(results.get("data", folder / "data" / "test")), count, seed, wanted)
 
     for name, path in runs.items():
         if (path / "config.json").is_file():
@@ -398,7 +422,7 @@ def demo_report(folder: Path, count: int | None, seed: int) -> Report:
     return report
 
 
-def bench_report(folder: Path, count: int | None, seed: int) -> Report:
+def bench_report(folder: Path, count: int | None, seed: int, wanted: list[str] | None) -> Report:
     from surfsep.bench import read_bench, run_folder
 
     settings = read_bench(folder)
@@ -435,7 +459,7 @@ def bench_report(folder: Path, count: int | None, seed: int) -> Report:
     if missing:
         report.notes.append(f"No run folder, so no examples, for: {', '.join(missing)} (the benchmark keeps "
                             f"each stage's scores in results/, and the models only in runs/).")
-    add_examples(report, models, Path(settings.data) / "test", count, seed)
+    add_examples(report, models, Path(settings.data) / "test", count, seed, wanted)
     report.configuration.append(("bench.json", (folder / "bench.json").read_text()))
     report.versions = model_versions({arm: read_json(path / "model.json") for arm, path in present.items()})
     return report
@@ -542,12 +566,13 @@ def check_target(path: Path) -> None:
 
 
 def write_report(source: Path, out: Path | None = None, data: Path | None = None, examples: int | None = None,
-                 steps: int | None = None, seed: int = 0) -> Path:
+                 steps: int | None = None, seed: int = 0, mixtures: list[str] | None = None) -> Path:
     """Write the report of the run, benchmark or demo folder ``source``; returns the HTML file's path.
 
     ``out`` defaults to ``source/report.html``. ``data`` is the split to take examples from; by
     default a benchmark or demo uses its test split and a run its validation split. ``examples`` is
-    the number of mixtures to show (default 8 images or 4 recordings). ``steps`` overrides a run's
+    the number of mixtures to show (default 8 images or 4 recordings), and ``mixtures`` names them
+    instead (paths under the mixture folder). ``steps`` overrides a run's
     sampler steps.
     """
     source = Path(source)
@@ -555,6 +580,8 @@ def write_report(source: Path, out: Path | None = None, data: Path | None = None
         raise ReportError(f"{source} not found; give a run, benchmark or demo folder")
     if not source.is_dir():
         raise ReportError(f"{source} is a file; give a run, benchmark or demo folder")
+    if examples is not None and mixtures:
+        raise ReportError("give --examples or --mixtures, not both")
     if examples is not None and examples < 1:
         raise ReportError(f"--examples must be at least 1, got {examples}")
     if steps is not None and steps < 1:
@@ -566,11 +593,11 @@ def write_report(source: Path, out: Path | None = None, data: Path | None = None
         raise ReportError(f"--data and --steps apply to a training run; {source} is a {kind}, whose test split and "
                           f"sampler steps come from its results")
     if kind == "run":
-        report = run_report(source, data, examples, steps, seed)
+        report = run_report(source, data, examples, steps, seed, mixtures)
     elif kind == "demo":
-        report = demo_report(source, examples, seed)
+        report = demo_report(source, examples, seed, mixtures)
     else:
-        report = bench_report(source, examples, seed)
+        report = bench_report(source, examples, seed, mixtures)
     atomic_write_bytes(out, render(report).encode("utf-8"))
     logger.info("report: wrote %s", out)
     return out
