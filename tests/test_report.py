@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -251,3 +252,15 @@ def test_chosen_mixtures_are_shown_in_order(image_demo, tmp_path):
     assert not (tmp_path / "s.html").exists()
     with pytest.raises(ReportError, match="give --examples or --mixtures, not both"):
         write_report(image_demo, out=tmp_path / "t.html", examples=2, mixtures=["00001.png"])
+
+
+def test_moved_benchmark_reports_without_examples(audio_bench, tmp_path):
+    moved = tmp_path / "elsewhere" / "b"
+    shutil.copytree(audio_bench, moved)
+    settings = json.loads((moved / "bench.json").read_text())
+    settings["settings"]["data"] = "data/relative-to-where-it-ran"
+    (moved / "bench.json").write_text(json.dumps(settings))
+    page = write_report(moved, out=tmp_path / "r.html").read_text()
+    assert "<audio " not in page
+    assert "data/relative-to-where-it-ran/test is not found from here" in page
+    assert "SI-SDRi dB" in page  # the tables are still there

@@ -412,7 +412,11 @@ def demo_report(folder: Path, count: int | None, seed: int, wanted: list[str] | 
         report.figures.append(("Training loss by step", figure))
     models = [Model(name, path, methods.get(name, {}).get("sampler_steps")) for name, path in runs.items()
               if (path / "model.json").is_file()]
-    add_examples(report, models, Path(results.get("data", folder / "data" / "test")), count, seed, wanted)
+    # The demo records its test split as the path it was given, which may be relative to another folder.
+    split = Path(results.get("data", folder / "data" / "test"))
+    if not split.is_dir():
+        split = folder / "data" / "test"
+    add_examples(report, models, split, count, seed, wanted)
 
     for name, path in runs.items():
         if (path / "config.json").is_file():
@@ -459,7 +463,12 @@ def bench_report(folder: Path, count: int | None, seed: int, wanted: list[str] |
     if missing:
         report.notes.append(f"No run folder, so no examples, for: {', '.join(missing)} (the benchmark keeps "
                             f"each stage's scores in results/, and the models only in runs/).")
-    add_examples(report, models, Path(settings.data) / "test", count, seed, wanted)
+    split = Path(settings.data) / "test"
+    if models and not split.is_dir():
+        report.notes.append(f"No examples: the benchmark's test split {split} is not found from here. The benchmark "
+                            f"records its --data as given, so write the report from the folder it ran in.")
+    else:
+        add_examples(report, models, split, count, seed, wanted)
     report.configuration.append(("bench.json", (folder / "bench.json").read_text()))
     report.versions = model_versions({arm: read_json(path / "model.json") for arm, path in present.items()})
     return report
