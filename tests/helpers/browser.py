@@ -46,6 +46,7 @@ MEDIA_CHECK = """
       } catch (error) { problem = String(error); }
       audio.pause();
       audio.currentTime = 0;
+      audio.muted = false;
     }
     clips.push({loaded, played, duration: audio.duration, problem});
   }
