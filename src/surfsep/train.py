@@ -812,7 +812,9 @@ def open_tensorboard(config: TrainConfig, step: int):
     check_tensorboard(config)
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(config.tensorboard, purge_step=step or None)
+    # tensorboardX names a file by the second it opens it and truncates an existing one, so a run
+    # resumed within the same second would erase its first events without a suffix of its own.
+    return SummaryWriter(config.tensorboard, purge_step=step or None, filename_suffix=f".step{step}.pid{os.getpid()}")
 
 
 def write_scalars(writer, record: dict) -> None:
