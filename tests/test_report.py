@@ -47,7 +47,7 @@ def media_sources(page: str) -> list[str]:
     return re.findall(r'(?:src|href)="([^"]*)"', page)
 
 
-def shown_scores(page: str, label: str) -> list[float]:
+def example_scores(page: str, label: str) -> list[float]:
     """The per-example scores the page prints for one model, in example order."""
     return [float(value) for value in re.findall(rf"<th>{re.escape(label)}<div class=\"score\">SI-SDRi (-?[\d.]+) dB", page)]
 
@@ -87,7 +87,7 @@ def test_bench_report_plays_each_method(audio_bench, tones_dir):
 
     # MixIT is one-step: each example's SI-SDRi is the one the benchmark scored for that test file.
     record = json.loads(next((audio_bench / "results" / "mixit" / "seed0").glob("step*.json")).read_text())
-    assert shown_scores(page, "mixit") == pytest.approx(record["per_file"][:2], abs=0.051)
+    assert example_scores(page, "mixit") == pytest.approx(record["per_file"][:2], abs=0.051)
     names = AudioReferenceSet.open(tones_dir / "test", 2).names[:2]
     assert re.findall(r"<h3>([^<]+)</h3>", page) == names
 

@@ -159,20 +159,20 @@ def has_references(split: Path) -> bool:
     return (split / "mix").is_dir() and (split / "s1").is_dir()
 
 
-def chosen(names: list[str], wanted: list[str] | None, count: int, split: Path) -> list[int]:
-    """Return the indices of the ``wanted`` mixture names, or of the first ``count`` mixtures without any."""
-    if not wanted:
+def selected_indices(names: list[str], selected: list[str] | None, count: int, split: Path) -> list[int]:
+    """Return the indices of the ``selected`` mixture names, or of the first ``count`` mixtures without any."""
+    if not selected:
         return list(range(min(count, len(names))))
     position = {name: index for index, name in enumerate(names)}
-    missing = [name for name in wanted if name not in position]
+    missing = [name for name in selected if name not in position]
     if missing:
         raise ReportError(f"{split} has no mixture named {', '.join(missing)}; names are paths under the mixture "
                           f"folder, such as {names[0]}")
-    return [position[name] for name in wanted]
+    return [position[name] for name in selected]
 
 
 def image_examples(models: list[Model], split: Path, count: int, seed: int,
-                   wanted: list[str] | None = None) -> tuple[str, dict[str, float]]:
+                   selected: list[str] | None = None) -> tuple[str, dict[str, float]]:
     """Return the HTML grid of mixtures, references and each model's estimates, and each model's mean PSNR.
 
     Without references (a folder of mixtures alone) the grid shows the estimates in the model's
@@ -186,7 +186,7 @@ def image_examples(models: list[Model], split: Path, count: int, seed: int,
     scored = {}
     if has_references(split):
         full = ReferenceSet.open(split, sources)
-        indices = chosen(full.names, wanted, count, split)
+        indices = selected_indices(full.names, selected, count, split)
         references = ReferenceSet(folder=full.folder, names=[full.names[i] for i in indices],
                                   mixtures=full.mixtures[indices], references=full.references[indices])
         names, mixtures = references.names, references.mixtures
@@ -196,7 +196,7 @@ def image_examples(models: list[Model], split: Path, count: int, seed: int,
     else:
         references = None
         mixture_set = MixtureSet.open(split)
-        indices = chosen(mixture_set.names, wanted, count, split)
+        indices = selected_indices(mixture_set.names, selected, count, split)
         names, mixtures = [mixture_set.names[i] for i in indices], mixture_set.mixtures[indices]
         for model, separator in separators:
             logger.info("report: separating %d mixtures of %s with %s", len(names), split, model.name)
@@ -227,7 +227,7 @@ def tiles(images: list[torch.Tensor]) -> str:
 
 
 def read_clips(split: Path, sources: int, count: int,
-               wanted: list[str] | None) -> list[tuple[str, np.ndarray, np.ndarray | None, int]]:
+               selected: list[str] | None) -> list[tuple[str, np.ndarray, np.ndarray | None, int]]:
     """Return (name, mixture, references or None, rate) of the chosen mixtures, each cut to CLIP_SECONDS."""
     from surfsep.audio import read_audio
     from surfsep.data.audio_sets import AudioMixtureSet, AudioReferenceSet
@@ -235,7 +235,7 @@ def read_clips(split: Path, sources: int, count: int,
     clips = []
     if has_references(split):
         references = AudioReferenceSet.open(split, sources)
-        for index in chosen(references.names, wanted, count, split):
+        for index in selected_indices(references.names, selected, count, split):
             name = references.names[index]
             mixture, reference = references.read(index)
             rate = references.mixtures[index].sample_rate
@@ -243,7 +243,7 @@ def read_clips(split: Path, sources: int, count: int,
             clips.append((name, mixture[:frames], reference[:, :frames], rate))
     else:
         mixture_set = AudioMixtureSet.open(split)
-        for index in chosen(mixture_set.names, wanted, count, split):
+        for index in selected_indices(mixture_set.names, selected, count, split):
             entry, name = mixture_set.entries[index], mixture_set.names[index]
             mixture, rate = read_audio(entry.path, frames=min(entry.frames, int(CLIP_SECONDS * entry.sample_rate)))
             clips.append((name, mixture[0], None, rate))
@@ -251,7 +251,7 @@ def read_clips(split: Path, sources: int, count: int,
 
 
 def audio_examples(models: list[Model], split: Path, count: int, seed: int,
-                   wanted: list[str] | None = None) -> tuple[str, dict[str, float]]:
+                   selected: list[str] | None = None) -> tuple[str, dict[str, float]]:
     """Return the HTML players and spectrograms of the first mixtures, and each model's mean SI-SDRi on them.
 
     Without references the estimates are in the model's output order, and there are no scores.
@@ -260,7 +260,7 @@ def audio_examples(models: list[Model], split: Path, count: int, seed: int,
 
     separators = open_models(models)
     sources = separators[0][1].sources
-    clips = read_clips(split, sources, count, wanted)
+    clips = read_clips(split, sources, count, selected)
     logger.info("report: separating %d mixtures of %s with %s", len(clips), split,
                 ", ".join(model.name for model, _ in separators))
     blocks, improvements = [], {model.name: [] for model, _ in separators}
@@ -311,7 +311,7 @@ def audio_block(name: str, rate: int, rows: list, sources: int) -> str:
 
 
 def add_examples(report: Report, models: list[Model], split: Path, count: int | None, seed: int,
-                 wanted: list[str] | None = None) -> dict[str, float]:
+                 selected: list[str] | None = None) -> dict[str, float]:
     """Separate the first mixtures of ``split`` with every model into the report; returns each model's mean score.
 
     ``split`` is a split folder with references, or a folder of mixtures alone (then no scores).
@@ -321,22 +321,22 @@ def add_examples(report: Report, models: list[Model], split: Path, count: int | 
     if not split.is_dir():
         raise ReportError(f"{split} is not a folder; pass --data with a split folder (mix/ and s1/ ... sK/) or a "
                           f"folder of mixtures")
-    modality = open_models(models[:1])[0][1].metadata.get("modality", "image")
+    modality = read_json(models[0].folder / "model.json").get("modality", "image")
     count = count or DEFAULT_EXAMPLES[modality]
     scored = has_references(split)
     if modality == "audio":
-        report.examples_html, means = audio_examples(models, split, count, seed, wanted)
+        report.examples_html, means = audio_examples(models, split, count, seed, selected)
         unit = ("SI-SDRi (dB), mean over the sources; below each estimate its own SI-SDRi. Spectrograms: 0 Hz at "
                 f"the bottom to half the sample rate, {SPECTROGRAM_RANGE_DB:.0f} dB of range, every clip of a "
                 f"mixture at one gain; clips stop after {CLIP_SECONDS:.0f} s")
     else:
-        report.examples_html, means = image_examples(models, split, count, seed, wanted)
+        report.examples_html, means = image_examples(models, split, count, seed, selected)
         unit = "PSNR (dB), mean over the sources"
     steps = ", ".join(f"{model.name} {model.steps or 'its default'}" for model in models)
     order = f"estimates in reference order; score {unit}" if scored else (
         "no references, so no scores, and the estimates are in each model's output order")
-    which = f"The mixtures {', '.join(wanted)}" if wanted else f"The first mixtures (up to {count})"
-    report.examples_note = (f"{which} of {split}, {order}. Sampler steps: {steps}; "
+    shown = f"The mixtures {', '.join(selected)}" if selected else f"The first mixtures (up to {count})"
+    report.examples_note = (f"{shown} of {split}, {order}. Sampler steps: {steps}; "
                             f"sampler noise seed {seed}.")
     return means
 
@@ -344,7 +344,7 @@ def add_examples(report: Report, models: list[Model], split: Path, count: int | 
 # The three kinds of folder.
 
 def run_report(folder: Path, data: Path | None, count: int | None, steps: int | None, seed: int,
-               wanted: list[str] | None) -> Report:
+               selected: list[str] | None) -> Report:
     config = read_json(folder / "config.json")
     metadata = read_json(folder / "model.json")
     report = Report(title=f"Training run {folder.name}: {metadata.get('method', '?')}", source=folder)
@@ -371,7 +371,7 @@ def run_report(folder: Path, data: Path | None, count: int | None, steps: int | 
         report.notes.append("No examples: the run has no validation split; pass --data with a split folder (mix/ and "
                             "s1/ ... sK/) or a folder of mixtures.")
     else:
-        means = add_examples(report, models, Path(split), count, seed, wanted)
+        means = add_examples(report, models, Path(split), count, seed, selected)
         metric = "PSNR" if metadata.get("modality", "image") == "image" else "SI-SDRi"
         for name, mean in means.items():
             rows.append([f"{name}, {metric} on the examples", f"{mean:.2f}", f"mean over the mixtures shown below"])
@@ -386,7 +386,7 @@ def run_report(folder: Path, data: Path | None, count: int | None, steps: int | 
     return report
 
 
-def demo_report(folder: Path, count: int | None, seed: int, wanted: list[str] | None) -> Report:
+def demo_report(folder: Path, count: int | None, seed: int, selected: list[str] | None) -> Report:
     results = read_json(folder / "results.json")
     methods = results.get("methods", {})
     audio = any("si_sdri" in row for row in methods.values())
@@ -416,7 +416,7 @@ def demo_report(folder: Path, count: int | None, seed: int, wanted: list[str] | 
     split = Path(results.get("data", folder / "data" / "test"))
     if not split.is_dir():
         split = folder / "data" / "test"
-    add_examples(report, models, split, count, seed, wanted)
+    add_examples(report, models, split, count, seed, selected)
 
     for name, path in runs.items():
         if (path / "config.json").is_file():
@@ -426,7 +426,7 @@ def demo_report(folder: Path, count: int | None, seed: int, wanted: list[str] | 
     return report
 
 
-def bench_report(folder: Path, count: int | None, seed: int, wanted: list[str] | None) -> Report:
+def bench_report(folder: Path, count: int | None, seed: int, selected: list[str] | None) -> Report:
     from surfsep.bench import read_bench, run_folder
 
     settings = read_bench(folder)
@@ -468,7 +468,7 @@ def bench_report(folder: Path, count: int | None, seed: int, wanted: list[str] |
         report.notes.append(f"No examples: the benchmark's test split {split} is not found from here. The benchmark "
                             f"records its --data as given, so write the report from the folder it ran in.")
     else:
-        add_examples(report, models, split, count, seed, wanted)
+        add_examples(report, models, split, count, seed, selected)
     report.configuration.append(("bench.json", (folder / "bench.json").read_text()))
     report.versions = model_versions({arm: read_json(path / "model.json") for arm, path in present.items()})
     return report
