@@ -37,7 +37,7 @@ METRIC_NAMES = {"psnr": "PSNR", "si_sdri": "SI-SDRi"}
 
 
 class ReportError(ValueError):
-    """The folder cannot be reported on, with the reason and what to do."""
+    """An error about a folder that cannot be reported on, with the reason and what to do."""
 
 
 @dataclass
@@ -148,7 +148,7 @@ def open_models(models: list[Model]) -> list[tuple[Model, object]]:
         try:
             separators.append((model, load(model.folder)))
         except (ModelError, OSError) as error:
-            raise ReportError(f"cannot load the model of {model.name} from {model.folder}: {error}") from error
+            raise ReportError(f"failed to load the model of {model.name} from {model.folder}: {error}") from error
     kinds = {separator.metadata.get("modality", "image") for _, separator in separators}
     if len(kinds) > 1:
         raise ReportError("the models mix images and audio; a report shows one kind")
@@ -252,7 +252,7 @@ def read_clips(split: Path, sources: int, count: int,
 
 def audio_examples(models: list[Model], split: Path, count: int, seed: int,
                    selected: list[str] | None = None) -> tuple[str, dict[str, float]]:
-    """Return the HTML players and spectrograms of the first mixtures, and each model's mean SI-SDRi on them.
+    """Return the HTML players and spectrograms of the selected mixtures, and each model's mean SI-SDRi on them.
 
     Without references the estimates are in the model's output order, and there are no scores.
     """
@@ -312,7 +312,7 @@ def audio_block(name: str, rate: int, rows: list, sources: int) -> str:
 
 def add_examples(report: Report, models: list[Model], split: Path, count: int | None, seed: int,
                  selected: list[str] | None = None) -> dict[str, float]:
-    """Separate the first mixtures of ``split`` with every model into the report; returns each model's mean score.
+    """Separate the selected mixtures of ``split`` with every model into the report; returns each model's mean score.
 
     ``split`` is a split folder with references, or a folder of mixtures alone (then no scores).
     """
@@ -564,7 +564,7 @@ def render(report: Report) -> str:
 
 
 def check_target(path: Path) -> None:
-    """Refuse to replace a file that is not a report written by surfsep."""
+    """Raise ReportError if ``path`` is a folder, or a file that is not a report written by surfsep."""
     if path.is_dir():
         raise ReportError(f"{path} is a folder; give --out a file name such as report.html")
     if path.exists():

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Runs in the page: each image's load state, each audio element's metadata, then whether it plays.
+# JavaScript run in the page: each image's load state, each audio element's metadata, then whether it plays.
 MEDIA_CHECK = """
 (async () => {
   const wait = (element, events, ready, limit) => new Promise(resolve => {
@@ -86,7 +86,7 @@ class Chromium:
 
         def place_pipes() -> None:
             # Move both ends above 4 first, so that placing one cannot overwrite the other. The copies
-            # at 3 and 4 are inheritable and survive exec; every other descriptor Python opened is not.
+            # at 3 and 4 are inheritable and survive exec, while every other descriptor Python opened does not.
             high_read = fcntl.fcntl(commands_read, fcntl.F_DUPFD, 10)
             high_write = fcntl.fcntl(replies_write, fcntl.F_DUPFD, 10)
             os.dup2(high_read, 3)
@@ -125,7 +125,7 @@ class Chromium:
         while b"\0" not in self.buffer:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.replies], [], [], left)[0]:
-                raise BrowserError(f"Chromium gave no answer within {self.timeout:.0f} s")
+                raise BrowserError(f"Chromium timed out: no reply within {self.timeout:.0f} s")
             chunk = os.read(self.replies, 1 << 20)
             if not chunk:
                 raise BrowserError(f"Chromium closed its pipe (exit status {self.process.poll()})")
@@ -168,7 +168,7 @@ class Chromium:
         Path(path).write_bytes(base64.b64decode(picture["data"]))
 
     def errors(self) -> list[str]:
-        """Console errors, uncaught exceptions and error log entries the page produced so far."""
+        """Return the console errors, uncaught exceptions and error log entries the page produced so far."""
         found = []
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
