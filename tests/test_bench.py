@@ -274,6 +274,25 @@ def test_methods_and_seeds_can_be_added(digits_dir, tmp_path, small_yaml):
         "Not finished yet: mixit, supervised-regression" in result.stdout
 
 
+def test_benchmark_running_in_another_process_is_refused(digits_dir, tmp_path, small_yaml):
+    import fcntl
+
+    bench = tmp_path / "b"
+    run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["mixit"]))
+    before = {path: path.read_bytes() for path in bench.rglob("*") if path.is_file()}
+    more = bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["supervised-regression"])
+    # This test process plays the other benchmark: it holds the folder's lock.
+    with open(bench / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_surfsep(*more, check=False)
+    assert result.returncode == 2
+    assert f"another surfsep bench is running in {bench}; wait for it to finish" in result.stderr
+    assert {path: path.read_bytes() for path in bench.rglob("*") if path.is_file()} == before
+    # Once the lock is released, the same command adds the method.
+    run_surfsep(*more)
+    assert json.loads((bench / "bench.json").read_text())["settings"]["methods"] == ["mixit", "supervised-regression"]
+
+
 def test_changed_budget_is_refused(digits_dir, tmp_path, small_yaml):
     bench = tmp_path / "b"
     run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["mixit"]))

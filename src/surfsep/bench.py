@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from surfsep.config import TrainConfig, coerce_setting, load_yaml_overrides, validate_config
-from surfsep.files import atomic_write_json
+from surfsep.files import atomic_write_json, try_lock
 
 logger = logging.getLogger(__name__)
 
@@ -422,11 +422,23 @@ def unit_worker(settings: dict, arm: str, seed: int, quiet: bool) -> list[str]:
 
 def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -> dict:
     """Run every missing stage of the benchmark, then write results.json, results.csv, results.md and the plot."""
-    from surfsep.bench_results import write_results
-
     check_settings(settings)
     check_saved_settings(settings)
     check_existing_files(settings)
+    lock = try_lock(settings.folder)
+    if lock is None:
+        raise BenchError(f"another surfsep bench is running in {settings.folder}; wait for it to finish, or stop it "
+                         f"and run one command with every method you need in --methods (--jobs runs them side by side)")
+    try:
+        return run_locked(settings, command, quiet)
+    finally:
+        lock.close()
+
+
+def run_locked(settings: BenchSettings, command: str, quiet: bool) -> dict:
+    """Run the benchmark's missing stages and write its results; the caller holds the folder's lock."""
+    from surfsep.bench_results import write_results
+
     write_bench_file(settings, command)
     logger.info("bench: %d method(s) x %d seed(s), %d samples (%d steps of batch %d) each, %d job(s) of %d thread(s)",
                 len(settings.methods), len(settings.seeds), settings.samples, budget_steps(settings),

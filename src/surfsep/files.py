@@ -11,8 +11,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
+
+LOCK_FILE = ".lock"
 
 # Characters of the target's name kept in its temporary name (at most 4 bytes each in UTF-8), so the
 # temporary name stays within the usual 255-byte limit: mkstemp adds 8 characters and the suffix 4.
@@ -52,3 +54,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+
+
+def try_lock(folder: Path) -> IO | None:
+    """Create ``folder`` and take the exclusive lock of its lock file without waiting.
+
+    Returns the open lock file, whose closing releases the lock, or None when another process holds
+    it. The operating system releases the lock when the process ends, however it ends.
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle

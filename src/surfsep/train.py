@@ -31,7 +31,7 @@ from surfsep.methods import Method, StepContext, get_method
 from surfsep.methods.base import teacher_estimates
 from surfsep.checkpoint import load_state, save_state
 from surfsep.distributed import RowSharded, Shard, launched_world, start as start_distributed
-from surfsep.files import atomic_write_bytes, atomic_write_json
+from surfsep.files import LOCK_FILE, atomic_write_bytes, atomic_write_json, try_lock
 from surfsep.models import load_model, save_model
 from surfsep.networks import build_network
 from surfsep.progress import Progress
@@ -42,8 +42,6 @@ STATE_FILE = "state.safetensors"
 # Checkpoints of surfsep 0.1.0 before the safetensors format; read with PyTorch's restricted
 # unpickler (tensors and plain containers only) and replaced at the next checkpoint.
 LEGACY_STATE_FILE = "state.pt"
-# Held locked by the process that trains the run, so that a second one cannot write to it too.
-LOCK_FILE = ".lock"
 # Files a run writes before its first checkpoint; a folder holding only these starts afresh.
 RUN_START_FILES = {"config.json", "log.txt", "metrics.jsonl", LOCK_FILE}
 MAX_CONSECUTIVE_SKIPS = 20
@@ -480,20 +478,14 @@ def train(config: TrainConfig, shard: Shard | None = None) -> Path:
 
 
 def lock_run(run: Path):
-    """Create ``run`` and lock its lock file; returns the open file, whose closing releases the lock.
+    """Create ``run`` and lock it for this process, so that a second trainer cannot write to it too.
 
-    The operating system releases the lock when the process ends, however it ends.
+    Returns the open lock file, whose closing releases the lock.
     """
-    import fcntl
-
-    run.mkdir(parents=True, exist_ok=True)
-    handle = open(run / LOCK_FILE, "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+    handle = try_lock(run)
+    if handle is None:
         raise TrainingError(f"another process is training {run}; wait for it to finish or stop it, "
-                            f"or choose another --out") from None
+                            f"or choose another --out")
     return handle
 
 
