@@ -274,14 +274,14 @@ def test_methods_and_seeds_can_be_added(digits_dir, tmp_path, small_yaml):
         "Not finished yet: mixit, supervised-regression" in result.stdout
 
 
-def test_benchmark_running_in_another_process_is_refused(digits_dir, tmp_path, small_yaml):
+def test_bench_rejects_locked_folder(digits_dir, tmp_path, small_yaml):
     import fcntl
 
     bench = tmp_path / "b"
     run_surfsep(*bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["mixit"]))
     before = {path: path.read_bytes() for path in bench.rglob("*") if path.is_file()}
     more = bench_args(digits_dir, bench, "--points", "1", samples=160, methods=["supervised-regression"])
-    # This test process plays the other benchmark: it holds the folder's lock.
+    # This test process stands in for the other benchmark by locking the folder.
     with open(bench / ".lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = run_surfsep(*more, check=False)

@@ -62,7 +62,7 @@ def test_shipped_digits_model_beats_the_mixture(digits_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def speech_test_split(tmp_path_factory):
-    """A small speech set of the voices the package synthesises without Debian's voice packages."""
+    """Build a small speech set from the voices that need no Debian voice package, and return its test split."""
     from surfsep.data.speech import build_speech
 
     folder = tmp_path_factory.mktemp("speech") / "set"
@@ -70,21 +70,23 @@ def speech_test_split(tmp_path_factory):
     return folder / "test"
 
 
-def test_shipped_speech_model_separates_files(speech_test_split, tmp_path):
+def test_builtin_speech_separates_file(speech_test_split, tmp_path):
     import soundfile
 
     metadata = json.loads((models.builtin_root() / "speech" / "model.json").read_text())
     assert metadata["builtin"]["command"].startswith("surfsep data speech")
-    assert (metadata["modality"], metadata["sample_rate"]) == ("audio", 8000)
+    assert metadata["modality"] == "audio"
+    assert metadata["sample_rate"] == 8000
 
     mixture = sorted((speech_test_split / "mix").glob("*.wav"))[0]
     run_surfsep("separate", "builtin:speech", str(mixture), "--out", str(tmp_path / "out"))
     info = soundfile.info(str(mixture))
     for source in ("s1", "s2"):
         written = soundfile.info(str(tmp_path / "out" / source / mixture.name))
-        assert (written.samplerate, written.frames) == (info.samplerate, info.frames)
+        assert written.samplerate == info.samplerate
+        assert written.frames == info.frames
 
 
-def test_shipped_speech_model_beats_the_mixture(speech_test_split, tmp_path):
+def test_builtin_speech_beats_mixture(speech_test_split, tmp_path):
     summary = evaluate_model("builtin:speech", speech_test_split, tmp_path / "eval", limit=8)
     assert summary["si_sdri"]["mean"] > 1.0

@@ -429,14 +429,12 @@ def run_bench(settings: BenchSettings, command: str = "", quiet: bool = False) -
     if lock is None:
         raise BenchError(f"another surfsep bench is running in {settings.folder}; wait for it to finish, or stop it "
                          f"and run one command with every method you need in --methods (--jobs runs them side by side)")
-    try:
+    with lock:
         return run_locked(settings, command, quiet)
-    finally:
-        lock.close()
 
 
 def run_locked(settings: BenchSettings, command: str, quiet: bool) -> dict:
-    """Run the benchmark's missing stages and write its results; the caller holds the folder's lock."""
+    """Run the benchmark's missing stages and write its results. The caller has locked the folder."""
     from surfsep.bench_results import write_results
 
     write_bench_file(settings, command)
