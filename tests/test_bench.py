@@ -444,3 +444,33 @@ def test_each_run_logs_to_own_tensorboard_folder(digits_dir, tmp_path, small_yam
     plan = json.loads(result.stdout)
     assert plan["runs"]["surf"]["config"]["tensorboard"] == str(tmp_path / "tb" / "surf-seed0")
     assert plan["runs"]["mixit"]["config"]["tensorboard"] == str(tmp_path / "tb" / "mixit-seed0")
+
+
+def test_sigterm_stops_parallel_workers(digits_dir, tmp_path, small_yaml):
+    """SIGTERM to the bench process alone stops its workers too, each with a checkpoint."""
+    bench = tmp_path / "b"
+    methods = ["supervised-flow", "supervised-regression"]
+    process = subprocess.Popen([sys.executable, "-m", "surfsep",
+                                *bench_args(digits_dir, bench, "--jobs", "2", "--threads", "1",
+                                            samples=160000, methods=methods)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    logs = [bench / "runs" / method / "seed0" / "log.txt" for method in methods]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(log.exists() and " step " in log.read_text() for log in logs):
+            assert process.poll() is None, "the benchmark ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            # The workers share the benchmark's new session, so this also ends any that outlived it.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    assert process.returncode != 0
+    for method in methods:
+        assert (bench / "runs" / method / "seed0" / "state.safetensors").exists(), method
+        assert "interrupted at step" in (bench / "runs" / method / "seed0" / "log.txt").read_text(), method

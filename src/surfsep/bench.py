@@ -21,7 +21,10 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from surfsep import interrupt
 from surfsep.config import TrainConfig, coerce_setting, load_yaml_overrides, validate_config
 from surfsep.files import atomic_write_json, try_lock
 
@@ -453,18 +457,27 @@ def run_locked(settings: BenchSettings, command: str, quiet: bool) -> dict:
             run_unit(settings, arm, seed)
     else:
         context = multiprocessing.get_context("spawn")
+        stop = context.Event()
         with concurrent.futures.ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=start_worker,
-                                                    initargs=(quiet, settings.threads)) as pool:
-            # The MixIT starts train in the MixIT run folders, so the MixIT and teacher runs wait for them.
-            # The supervised runs share nothing with them and start at once.
-            starts = [pool.submit(prepare_mixit_start, settings, seed) for seed in start_seeds]
-            independent = [(arm, seed) for arm, seed in units
-                           if not is_teacher_arm(settings, arm) and arm_base(settings, arm) != "mixit"]
-            jobs = [pool.submit(unit_worker, settings.to_dict(), arm, seed, quiet) for arm, seed in independent]
-            wait_all(starts)
-            jobs += [pool.submit(unit_worker, settings.to_dict(), arm, seed, quiet)
-                     for arm, seed in units if (arm, seed) not in independent]
-            wait_all(jobs)
+                                                    initargs=(quiet, settings.threads, stop)) as pool:
+            try:
+                # The MixIT starts train in the MixIT run folders, so the MixIT and teacher runs wait for them.
+                # The supervised runs share nothing with them and start at once.
+                starts = [pool.submit(prepare_mixit_start, settings, seed) for seed in start_seeds]
+                independent = [(arm, seed) for arm, seed in units
+                               if not is_teacher_arm(settings, arm) and arm_base(settings, arm) != "mixit"]
+                jobs = [pool.submit(unit_worker, settings.to_dict(), arm, seed, quiet) for arm, seed in independent]
+                wait_all(starts)
+                jobs += [pool.submit(unit_worker, settings.to_dict(), arm, seed, quiet)
+                         for arm, seed in units if (arm, seed) not in independent]
+                wait_all(jobs)
+            except KeyboardInterrupt:
+                # Ctrl-C reaches every process of the terminal's group, but a SIGTERM sent to this process
+                # alone does not reach the workers, so pass it on: each saves a checkpoint and stops.
+                if interrupt.requested:
+                    stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     return write_results(read_bench(settings.folder))
 
 
@@ -478,13 +491,20 @@ def read_bench(folder: Path) -> BenchSettings:
     return replace(settings, out=str(folder), methods=ordered, seeds=sorted(settings.seeds))
 
 
-def start_worker(quiet: bool, threads: int) -> None:
+def start_worker(quiet: bool, threads: int, stop: multiprocessing.synchronize.Event) -> None:
     import torch
 
     from surfsep.cli import configure_logging
 
     configure_logging(quiet)
     torch.set_num_threads(threads)
+    threading.Thread(target=forward_stop, args=(stop,), daemon=True).start()
+
+
+def forward_stop(stop: multiprocessing.synchronize.Event) -> None:
+    """Send this worker SIGTERM once the bench's main process sets ``stop``."""
+    stop.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def wait_all(futures: list[concurrent.futures.Future]) -> None:
