@@ -473,7 +473,7 @@ def run_locked(settings: BenchSettings, command: str, quiet: bool) -> dict:
                 wait_all(jobs)
             except KeyboardInterrupt:
                 # Ctrl-C reaches every process of the terminal's group, but a SIGTERM sent to this process
-                # alone does not reach the workers, so pass it on: each saves a checkpoint and stops.
+                # alone does not reach the workers. The event passes it on, and each worker checkpoints and stops.
                 if interrupt.requested:
                     stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
